@@ -17,16 +17,20 @@ class LayerWeights(NamedTuple):
     bias: jax.Array | None  # shape=[4H]: bias_ih + bias_hh, or None without bias
 
 
-def project(a: jax.Array, weight: jax.Array, *, precision: Any = None,
-            accum_dtype: Any = None) -> jax.Array:
+def project(
+    a: jax.Array, weight: jax.Array, *, precision: Any = None, accum_dtype: Any = None
+) -> jax.Array:
     """``a @ weight.T`` for a torch-layout ``weight [G, K]`` and ``a [..., K]``.
 
     Contracting the weight's axis 1 directly matters on XLA:CPU: writing
     ``a @ weight.T`` materialises the transposed weight on every call.
     """
     return lax.dot_general(
-        a, weight, (((a.ndim - 1,), (1,)), ((), ())),
-        precision=precision, preferred_element_type=accum_dtype,
+        a,
+        weight,
+        (((a.ndim - 1,), (1,)), ((), ())),
+        precision=precision,
+        preferred_element_type=accum_dtype,
     )
 
 
@@ -60,8 +64,9 @@ def lstm_cell(
     mm = weights.weight_hh.dtype
     gates = project(h.astype(mm), weights.weight_hh, precision=precision, accum_dtype=accum)
     if input_gates is None:
-        gates = gates + project(x.astype(mm), weights.weight_ih, precision=precision,
-                                accum_dtype=accum)
+        gates = gates + project(
+            x.astype(mm), weights.weight_ih, precision=precision, accum_dtype=accum
+        )
         if weights.bias is not None:
             gates = gates + weights.bias.astype(accum)
     else:

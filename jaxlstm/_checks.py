@@ -6,7 +6,8 @@ while tracing under ``jax.jit`` rather than returning silently wrong numbers.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -25,23 +26,21 @@ def check_input(x: Any, input_size: int | None, *, recurrent: bool) -> None:
     if len(shape) < min_ndim:
         expected = "[*B, T, I] (time is the last batch axis)" if recurrent else "[*B, I]"
         raise ValueError(
-                f"x must have shape {expected}"
-                + (" in recurrent mode; a recurrent call needs a time axis" if recurrent else "")
-                + f". Got x.shape={shape}."
+            f"x must have shape {expected}"
+            + (" in recurrent mode; a recurrent call needs a time axis" if recurrent else "")
+            + f". Got x.shape={shape}."
         )
     if recurrent and shape[-2] == 0:
-        raise ValueError(
-                f"x must hold at least one time step (T >= 1). Got x.shape={shape}, T=0."
-        )
+        raise ValueError(f"x must hold at least one time step (T >= 1). Got x.shape={shape}, T=0.")
     if input_size is not None and shape[-1] != input_size:
         raise ValueError(
-                f"x has {shape[-1]} features but the parameters expect input_size="
-                f"{input_size}. Got x.shape={shape}."
+            f"x has {shape[-1]} features but the parameters expect input_size="
+            f"{input_size}. Got x.shape={shape}."
         )
 
 
 def normalize_is_init(
-        is_init: Any, batch_shape: Sequence[int], *, name: str = "is_init"
+    is_init: Any, batch_shape: Sequence[int], *, name: str = "is_init"
 ) -> jnp.ndarray:
     """Returns ``is_init`` as a bool array of shape ``batch_shape``.
 
@@ -54,8 +53,8 @@ def normalize_is_init(
         is_init = jnp.reshape(is_init, batch_shape)
     elif shape != batch_shape:
         raise ValueError(
-                f"{name} must have shape {batch_shape} or {batch_shape + (1,)}. "
-                f"Got {name}.shape={shape}."
+            f"{name} must have shape {batch_shape} or {batch_shape + (1,)}. "
+            f"Got {name}.shape={shape}."
         )
     dtype = jnp.result_type(is_init)
     if dtype == jnp.bool_:
@@ -66,20 +65,24 @@ def normalize_is_init(
 
 
 def check_state(
-        state: Any, leading_shape: Sequence[int], num_layers: int, hidden_size: int,
-        *, name: str = "state",
+    state: Any,
+    leading_shape: Sequence[int],
+    num_layers: int,
+    hidden_size: int,
+    *,
+    name: str = "state",
 ) -> LSTMState:
     """Checks that ``state`` is an ``LSTMState`` of shape ``[*leading, L, H]``."""
     if not isinstance(state, LSTMState):
-        raise ValueError(
-                f"{name} must be a jaxlstm.LSTMState(h=..., c=...). Got {type(state).__name__}."
+        raise TypeError(
+            f"{name} must be a jaxlstm.LSTMState(h=..., c=...). Got {type(state).__name__}."
         )
     expected = tuple(leading_shape) + (num_layers, hidden_size)
     for field in ("h", "c"):
         got = _shape(getattr(state, field))
         if got != expected:
             raise ValueError(
-                    f"{name}.{field} must have shape [*B, L, H]={expected} "
-                    f"(num_layers={num_layers}, hidden_size={hidden_size}). Got {got}."
+                f"{name}.{field} must have shape [*B, L, H]={expected} "
+                f"(num_layers={num_layers}, hidden_size={hidden_size}). Got {got}."
             )
     return state

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -119,16 +120,25 @@ class LSTM(nn.Module):
             if is_init is not None:
                 is_init = normalize_is_init(is_init, batch_shape)[..., None]
             if reset_state is not None:
-                check_state(reset_state, batch_shape, self.num_layers, self.hidden_size,
-                            name="reset_state")
+                check_state(
+                    reset_state, batch_shape, self.num_layers, self.hidden_size, name="reset_state"
+                )
 
         dropout_rng = None
         if not deterministic and self.dropout > 0.0 and self.num_layers > 1:
             dropout_rng = self.make_rng("dropout")
         y, states = lstm_scan(
-            params, x, state, is_init, reset_state,
-            dropout_rate=self.dropout, dropout_rng=dropout_rng, dtype=self.dtype,
-            precision=self.precision, unroll=self.unroll, remat=self.remat,
+            params,
+            x,
+            state,
+            is_init,
+            reset_state,
+            dropout_rate=self.dropout,
+            dropout_rng=dropout_rng,
+            dtype=self.dtype,
+            precision=self.precision,
+            unroll=self.unroll,
+            remat=self.remat,
         )
         if self.recurrent_mode:
             return y, states
@@ -149,7 +159,7 @@ class LSTM(nn.Module):
                 params[name] = self.param(name, init, shape, self.param_dtype)
         return params
 
-    def set_recurrent_mode(self, mode: bool = True) -> "LSTM":
+    def set_recurrent_mode(self, mode: bool = True) -> LSTM:
         """Returns a copy in the given mode.
 
         Parameters live outside Flax modules, so the copy uses the same
@@ -157,8 +167,9 @@ class LSTM(nn.Module):
         """
         return self.clone(recurrent_mode=bool(mode))
 
-    def initial_state(self, batch_shape: Sequence[int] | int = (),
-                      dtype: Any = jnp.float32) -> LSTMState:
+    def initial_state(
+        self, batch_shape: Sequence[int] | int = (), dtype: Any = jnp.float32
+    ) -> LSTMState:
         """Zeros of shape ``[*batch_shape, L, H]``; needs no parameters or RNG."""
         if isinstance(batch_shape, int):
             batch_shape = (batch_shape,)

@@ -10,15 +10,18 @@ array, bit for bit. Nothing here imports torch: a state dict of numpy arrays
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from ._cell import LayerWeights
 
 _KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-_NAME = re.compile(r"^(?P<prefix>.*?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
-                   r"_l(?P<layer>\d+)(?P<reverse>_reverse)?$")
+_NAME = re.compile(
+    r"^(?P<prefix>.*?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
+    r"_l(?P<layer>\d+)(?P<reverse>_reverse)?$"
+)
 
 
 def param_name(kind: str, layer: int) -> str:
@@ -52,8 +55,12 @@ def lstm_dims(params: Mapping[str, Any]) -> tuple[int, int, int, bool]:
             f"[bias_ih_l0, bias_hh_l0], ... Got keys: [{_describe(params)}]."
         )
     has_bias = param_name("bias_ih", 0) in params
-    expected = {param_name(k, l) for l in range(layers) for k in _KINDS
-                if has_bias or k.startswith("weight")}
+    expected = {
+        param_name(k, l)
+        for l in range(layers)
+        for k in _KINDS
+        if has_bias or k.startswith("weight")
+    }
     if set(params) != expected:
         raise ValueError(
             f"params must hold exactly {sorted(expected)} for a {layers}-layer LSTM "
@@ -64,8 +71,12 @@ def lstm_dims(params: Mapping[str, Any]) -> tuple[int, int, int, bool]:
     input_size = int(np.shape(params[param_name("weight_ih", 0)])[-1])
     for layer in range(layers):
         in_l = input_size if layer == 0 else hidden
-        shapes = {"weight_ih": (4 * hidden, in_l), "weight_hh": (4 * hidden, hidden),
-                  "bias_ih": (4 * hidden,), "bias_hh": (4 * hidden,)}
+        shapes = {
+            "weight_ih": (4 * hidden, in_l),
+            "weight_hh": (4 * hidden, hidden),
+            "bias_ih": (4 * hidden,),
+            "bias_hh": (4 * hidden,),
+        }
         for kind, shape in shapes.items():
             name = param_name(kind, layer)
             if name in params and tuple(np.shape(params[name])) != shape:
@@ -93,10 +104,16 @@ def layer_weights(params: Mapping[str, Any], dtype: Any = None) -> list[LayerWei
     for layer in range(layers):
         bias = None
         if has_bias:
-            bias = (jnp.asarray(params[param_name("bias_ih", layer)])
-                    + jnp.asarray(params[param_name("bias_hh", layer)]))
-        out.append(LayerWeights(cast(params[param_name("weight_ih", layer)]),
-                                cast(params[param_name("weight_hh", layer)]), bias))
+            bias = jnp.asarray(params[param_name("bias_ih", layer)]) + jnp.asarray(
+                params[param_name("bias_hh", layer)]
+            )
+        out.append(
+            LayerWeights(
+                cast(params[param_name("weight_ih", layer)]),
+                cast(params[param_name("weight_hh", layer)]),
+                bias,
+            )
+        )
     return out
 
 
@@ -140,11 +157,13 @@ def params_from_torch_state_dict(
             continue
         if m["reverse"]:
             raise NotImplementedError(
-                f"state_dict key {key!r}: bidirectional LSTMs are not supported.")
+                f"state_dict key {key!r}: bidirectional LSTMs are not supported."
+            )
         if m["kind"] == "weight_hr":
             raise NotImplementedError(
-                f"state_dict key {key!r}: LSTMs with proj_size > 0 are not supported.")
-        found.setdefault(m["prefix"], {})[key[len(m["prefix"]):]] = value
+                f"state_dict key {key!r}: LSTMs with proj_size > 0 are not supported."
+            )
+        found.setdefault(m["prefix"], {})[key[len(m["prefix"]) :]] = value
     if not found:
         where = f" under prefix {prefix!r}" if prefix is not None else ""
         raise ValueError(

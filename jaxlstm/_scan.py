@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 
-from ._cell import LayerWeights, lstm_cell, project
+from ._cell import lstm_cell, project
 from ._checks import check_input, check_state, normalize_is_init
 from ._params import layer_weights, lstm_dims, unwrap_params
 from ._state import LSTMState
@@ -80,8 +81,11 @@ def lstm_scan(
     batch_shape, steps = tuple(x.shape[:-2]), x.shape[-2]
     n = math.prod(batch_shape)
 
-    mm_dtype = jnp.dtype(dtype) if dtype is not None else jnp.result_type(
-        x.dtype, jnp.asarray(unwrap_params(params)["weight_ih_l0"]).dtype)
+    mm_dtype = (
+        jnp.dtype(dtype)
+        if dtype is not None
+        else jnp.result_type(x.dtype, jnp.asarray(unwrap_params(params)["weight_ih_l0"]).dtype)
+    )
     if state is None:
         state_dtype = jnp.promote_types(mm_dtype, jnp.float32)
         zeros = jnp.zeros(batch_shape + (num_layers, hidden), state_dtype)
@@ -97,31 +101,33 @@ def lstm_scan(
     const_reset = None
     if reset_state is not None:
         if isinstance(reset_state, LSTMState) and reset_state.h.ndim == len(batch_shape) + 3:
-            check_state(reset_state, batch_shape + (steps,), num_layers, hidden,
-                        name="reset_state")
+            check_state(reset_state, batch_shape + (steps,), num_layers, hidden, name="reset_state")
             per_step_reset = jax.tree.map(
-                lambda a: jnp.swapaxes(jnp.reshape(a.astype(state_dtype),
-                                                   (n, steps, num_layers, hidden)), 0, 1),
-                reset_state)
+                lambda a: jnp.swapaxes(
+                    jnp.reshape(a.astype(state_dtype), (n, steps, num_layers, hidden)), 0, 1
+                ),
+                reset_state,
+            )
         else:
             check_state(reset_state, batch_shape, num_layers, hidden, name="reset_state")
             const_reset = jax.tree.map(
-                lambda a: jnp.reshape(a.astype(state_dtype), (n, num_layers, hidden)),
-                reset_state)
+                lambda a: jnp.reshape(a.astype(state_dtype), (n, num_layers, hidden)), reset_state
+            )
 
     weights = layer_weights(params, mm_dtype)
     if input_projection == "auto":
         input_projection = default_input_projection()
     if input_projection not in ("per_step", "hoisted"):
         raise ValueError(
-            "input_projection must be 'auto', 'per_step' or 'hoisted'. "
-            f"Got {input_projection!r}.")
+            f"input_projection must be 'auto', 'per_step' or 'hoisted'. Got {input_projection!r}."
+        )
 
     xs_x = jnp.swapaxes(jnp.reshape(x, (n, steps, input_size)), 0, 1)  # [T, N, I]
     if input_projection == "hoisted":
         first = weights[0]
-        gates_x = project(xs_x.astype(mm_dtype), first.weight_ih, precision=precision,
-                          accum_dtype=state_dtype)
+        gates_x = project(
+            xs_x.astype(mm_dtype), first.weight_ih, precision=precision, accum_dtype=state_dtype
+        )
         if first.bias is not None:
             gates_x = gates_x + first.bias.astype(state_dtype)
         xs_x = gates_x  # [T, N, 4H]
@@ -143,13 +149,17 @@ def lstm_scan(
         if reset_t is not None:
             keep_old = ~reset_t[:, None]
             if reset_to is None:
-                carry = tuple((jnp.where(keep_old, h, 0), jnp.where(keep_old, c, 0))
-                              for h, c in carry)
+                carry = tuple(
+                    (jnp.where(keep_old, h, 0), jnp.where(keep_old, c, 0)) for h, c in carry
+                )
             else:
                 carry = tuple(
-                    (jnp.where(keep_old, h, reset_to.h[:, k]),
-                     jnp.where(keep_old, c, reset_to.c[:, k]))
-                    for k, (h, c) in enumerate(carry))
+                    (
+                        jnp.where(keep_old, h, reset_to.h[:, k]),
+                        jnp.where(keep_old, c, reset_to.c[:, k]),
+                    )
+                    for k, (h, c) in enumerate(carry)
+                )
         layer_in = x_t
         new_carry = []
         for k, (w, (h, c)) in enumerate(zip(weights, carry)):
@@ -169,10 +179,10 @@ def lstm_scan(
     if remat:
         step = jax.checkpoint(step, prevent_cse=False)
     _, (ys, hs, cs) = jax.lax.scan(
-        step, carry0, (xs_x, resets, per_step_reset, masks), length=steps, unroll=unroll)
+        step, carry0, (xs_x, resets, per_step_reset, masks), length=steps, unroll=unroll
+    )
 
     def batch_major(a):
         return jnp.reshape(jnp.swapaxes(a, 0, 1), batch_shape + (steps,) + a.shape[2:])
 
     return batch_major(ys), LSTMState(h=batch_major(hs), c=batch_major(cs))
-
