@@ -68,7 +68,9 @@ def lstm_cell(
             x.astype(mm), weights.weight_ih, precision=precision, accum_dtype=accum
         )
         if weights.bias is not None:
-            gates = gates + weights.bias.astype(accum)
+            # Explicit leading axes: [4H] -> [1, 4H], so the add works under
+            # jax_numpy_rank_promotion="raise".
+            gates = gates + lax.broadcast_to_rank(weights.bias.astype(accum), gates.ndim)
     else:
         gates = gates + input_gates.astype(accum)
     i, f, g, o = jnp.split(gates, 4, axis=-1)

@@ -129,7 +129,7 @@ def lstm_scan(
             xs_x.astype(mm_dtype), first.weight_ih, precision=precision, accum_dtype=state_dtype
         )
         if first.bias is not None:
-            gates_x = gates_x + first.bias.astype(state_dtype)
+            gates_x = gates_x + jax.lax.broadcast_to_rank(first.bias.astype(state_dtype), 3)
         xs_x = gates_x  # [T, N, 4H]
 
     masks = None
