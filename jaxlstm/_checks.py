@@ -71,8 +71,12 @@ def check_state(
     hidden_size: int,
     *,
     name: str = "state",
+    layout: str = "[*B, L, H]",
 ) -> LSTMState:
-    """Checks that ``state`` is an ``LSTMState`` of shape ``[*leading, L, H]``."""
+    """Checks that ``state`` is an ``LSTMState`` of shape ``[*leading, L, H]``.
+
+    ``layout`` names the expected axes in the error message.
+    """
     if not isinstance(state, LSTMState):
         raise TypeError(
             f"{name} must be a jaxlstm.LSTMState(h=..., c=...). Got {type(state).__name__}."
@@ -82,7 +86,7 @@ def check_state(
         got = _shape(getattr(state, field))
         if got != expected:
             raise ValueError(
-                f"{name}.{field} must have shape [*B, L, H]={expected} "
+                f"{name}.{field} must have shape {layout}={expected} "
                 f"(num_layers={num_layers}, hidden_size={hidden_size}). Got {got}."
             )
     return state

@@ -101,7 +101,14 @@ def lstm_scan(
     const_reset = None
     if reset_state is not None:
         if isinstance(reset_state, LSTMState) and reset_state.h.ndim == len(batch_shape) + 3:
-            check_state(reset_state, batch_shape + (steps,), num_layers, hidden, name="reset_state")
+            check_state(
+                reset_state,
+                batch_shape + (steps,),
+                num_layers,
+                hidden,
+                name="reset_state",
+                layout="[*B, T, L, H]",
+            )
             per_step_reset = jax.tree.map(
                 lambda a: jnp.swapaxes(
                     jnp.reshape(a.astype(state_dtype), (n, steps, num_layers, hidden)), 0, 1
