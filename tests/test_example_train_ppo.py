@@ -1,0 +1,173 @@
+"""Tests of ``examples/train_ppo.py``: its pieces directly, and the script end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+# The example's own dependencies: the `examples` extra.
+pytest.importorskip("optax")
+pytest.importorskip("gymnax")
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "train_ppo.py"
+
+
+def _load_example():
+    spec = importlib.util.spec_from_file_location("train_ppo_example", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while the class is built.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+ppo = _load_example()
+
+TINY = ppo.Config(memory_length=4, num_envs=8, num_minibatches=2, total_steps=2 * 8 * 10,
+                  num_chunks=1, eval_envs=8, hidden_size=8, head_size=8)
+
+
+def _episode(sign: int, memory_length: int, action: int):
+    """One MemoryChain episode whose sign is ``sign`` (+1 or -1), always taking ``action``.
+
+    Returns:
+      ``(obs [S, O], rewards [S], dones [S])`` for the episode's S steps: the
+      observation the agent acts on at each step, and what the step returned.
+    """
+    config = dataclasses.replace(TINY, memory_length=memory_length)
+    env, params = ppo.make_env(config)
+    for seed in range(100):  # search for a reset that draws the wanted sign
+        obs, state = env.reset(jax.random.key(seed), params)
+        if int(obs[2]) == sign:
+            break
+    seen, rewards, dones = [], [], []
+    for t in range(config.episode_length):
+        seen.append(np.asarray(obs))
+        obs, state, reward, terminated, truncated, _ = env.step(
+            jax.random.key(1000 + t), state, action, params)
+        rewards.append(float(reward))
+        dones.append(bool(terminated | truncated))
+    return np.stack(seen), np.array(rewards), np.array(dones)
+
+
+@pytest.mark.parametrize("memory_length", [3, 30])
+def test_task_needs_memory(memory_length):
+    # The premise of the memoryless baseline: only the first observations show
+    # the sign, and the decision step (the last) looks the same for both signs.
+    plus, rewards, dones = _episode(+1, memory_length, action=1)
+    minus, wrong_rewards, _ = _episode(-1, memory_length, action=1)
+    assert plus.shape[0] == memory_length + 1
+    differs = np.any(plus != minus, axis=-1)
+    assert differs[0], "the first observation must show the sign"
+    assert not differs[2:].any(), f"the sign leaks into later observations: {differs}"
+    # One reward, at the last step, which ends the episode: +1 for the right
+    # answer (action 1 for sign +1), -1 for the wrong one.
+    np.testing.assert_array_equal(dones, np.arange(memory_length + 1) == memory_length)
+    np.testing.assert_array_equal(rewards[:-1], 0.0)
+    assert rewards[-1] == 1.0 and wrong_rewards[-1] == -1.0
+
+
+def test_gae_matches_a_python_loop():
+    rng = np.random.default_rng(0)
+    steps, n, gamma, lam = 7, 3, 0.9, 0.8
+    value = rng.normal(size=(steps, n)).astype(np.float32)
+    reward = rng.normal(size=(steps, n)).astype(np.float32)
+    done = rng.random((steps, n)) < 0.3
+    last_value = rng.normal(size=(n,)).astype(np.float32)
+    adv, target = ppo.gae(jnp.asarray(value), jnp.asarray(reward), jnp.asarray(done),
+                          jnp.asarray(last_value), gamma, lam)
+    expected = np.zeros((steps, n), np.float32)
+    running = np.zeros(n, np.float32)
+    for t in reversed(range(steps)):
+        next_value = last_value if t == steps - 1 else value[t + 1]
+        keep = 1.0 - done[t]
+        running = reward[t] + gamma * next_value * keep - value[t] + gamma * lam * keep * running
+        expected[t] = running
+    np.testing.assert_allclose(np.asarray(adv), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(target), expected + value, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("recurrent", [True, False])
+def test_jitted_update_runs_and_learns_something(recurrent):
+    init, train_chunk = ppo.make_train(TINY, recurrent)
+    runner = jax.jit(init)(jax.random.key(0))
+    before = runner.train_state.params
+    runner, metrics = jax.jit(train_chunk)(runner)
+    assert metrics.value_loss.shape == (TINY.updates_per_chunk,)
+    for name, value in metrics._asdict().items():
+        assert np.all(np.isfinite(np.asarray(value))), name
+    # Every rollout is whole episodes, so each update sees num_envs * episodes_per_rollout.
+    np.testing.assert_array_equal(metrics.episodes, TINY.num_envs * TINY.episodes_per_rollout)
+    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), before, runner.train_state.params)
+    assert all(jax.tree.leaves(changed)), changed
+    assert runner.lstm_state.h.shape == (TINY.num_envs, 1, TINY.hidden_size)
+
+
+@pytest.fixture(scope="module")
+def untrained_lstm_agent():
+    """``(config, params, greedy rollouts)`` of a freshly initialised LSTM agent."""
+    config = dataclasses.replace(TINY, memory_length=6)
+    init, _ = ppo.make_train(config, True)
+    params = jax.jit(init)(jax.random.key(1)).train_state.params
+    rollouts = jax.jit(ppo.make_evaluate(config, True))(params, jax.random.key(2))
+    return config, params, rollouts
+
+
+def test_parity_sequences_have_resets_and_nonzero_initial_states(untrained_lstm_agent):
+    config, params, rollouts = untrained_lstm_agent
+    seq = ppo.parity_sequences(config, params, rollouts, rows=4, episodes=3)
+    assert seq.obs.shape == (4, 3 * config.episode_length, 3)
+    # Each row holds several episodes, its resets at a different step than its neighbour's.
+    assert np.all(seq.is_init.sum(axis=1) >= 2)
+    assert len({tuple(np.nonzero(row)[0]) for row in seq.is_init}) > 1
+    assert not seq.is_init[:, 0].any()
+    assert np.all(np.abs(np.asarray(seq.init_state.h)).max(axis=(1, 2)) > 0)
+    ends = ppo.trajectory_ends(seq.is_init)
+    np.testing.assert_array_equal(ends[:, :-1], seq.is_init[:, 1:])
+    assert ends[:, -1].all()
+
+
+def test_torch_export_matches_jax_and_catches_a_wrong_weight(untrained_lstm_agent):
+    pytest.importorskip("torchrl")
+    import torch
+
+    config, params, rollouts = untrained_lstm_agent
+    assert ppo.check_parity(config, params, rollouts) <= ppo.PARITY_ATOL
+
+    # The check must fail when the torch side is wrong: shift one bias there.
+    seq = ppo.parity_sequences(config, params, rollouts)
+    ref = ppo.run_jax(config, params, seq)
+    from torchrl.modules import LSTMModule
+
+    policy = ppo.torch_policy(LSTMModule, config, params, seq.obs.shape[-1])
+    with torch.no_grad():
+        policy[0].lstm.bias_hh_l0[0] += 1e-3
+    out = ppo.run_torch(policy, seq)
+    assert np.max(np.abs(out["step"]["h"] - ref["step"]["h"])) > ppo.PARITY_ATOL
+
+
+def test_script_quick_run(tmp_path):
+    pytest.importorskip("torchrl")
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "curve.png"
+    env = dict(os.environ, JAX_NUMPY_RANK_PROMOTION="raise")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--seed", "1", "--output", str(png)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert png.is_file() and png.stat().st_size > 1000
+    assert "PARITY OK" in proc.stdout, proc.stdout[-3000:]
+    assert str(png) in proc.stdout
+    for row in ("LSTM", "memoryless"):
+        assert any(line.startswith(row) for line in proc.stdout.splitlines()), proc.stdout
