@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from ._checks import check_input, check_state, normalize_is_init
-from ._params import param_name
+from ._params import param_name, param_shapes
 from ._scan import lstm_scan
 from ._state import LSTMState
 
@@ -114,8 +114,6 @@ class LSTM(nn.Module):
             batch_shape = tuple(x.shape[:-2])
         else:
             batch_shape = tuple(x.shape[:-1])
-        if state is not None:
-            check_state(state, batch_shape, self.num_layers, self.hidden_size)
         if not self.recurrent_mode:
             # Step mode is a sequence of length one: the same scan, T = 1.
             x = x[..., None, :]
@@ -147,19 +145,11 @@ class LSTM(nn.Module):
         return y[..., 0, :], jax.tree.map(lambda a: a[..., 0, :, :], states)
 
     def _declare_params(self, input_size: int) -> dict[str, jax.Array]:
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        init = _torch_uniform(bound)
-        gates = 4 * self.hidden_size
-        params = {}
-        for layer in range(self.num_layers):
-            in_l = input_size if layer == 0 else self.hidden_size
-            shapes = {"weight_ih": (gates, in_l), "weight_hh": (gates, self.hidden_size)}
-            if self.use_bias:
-                shapes.update(bias_ih=(gates,), bias_hh=(gates,))
-            for kind, shape in shapes.items():
-                name = param_name(kind, layer)
-                params[name] = self.param(name, init, shape, self.param_dtype)
-        return params
+        init = _torch_uniform(1.0 / math.sqrt(self.hidden_size))
+        shapes = param_shapes(input_size, self.hidden_size, self.num_layers, self.use_bias)
+        return {
+            name: self.param(name, init, shape, self.param_dtype) for name, shape in shapes.items()
+        }
 
     def set_recurrent_mode(self, mode: bool = True) -> LSTM:
         """Returns a copy in the given mode.

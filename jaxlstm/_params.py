@@ -17,7 +17,6 @@ import numpy as np
 
 from ._cell import LayerWeights
 
-_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 _NAME = re.compile(
     r"^(?P<prefix>.*?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
     r"_l(?P<layer>\d+)(?P<reverse>_reverse)?$"
@@ -40,6 +39,22 @@ def _describe(params: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}{tuple(np.shape(v))}" for k, v in params.items())
 
 
+def param_shapes(
+    input_size: int, hidden_size: int, num_layers: int, bias: bool
+) -> dict[str, tuple[int, ...]]:
+    """torch's name -> shape of every array of a ``torch.nn.LSTM``, layer by layer."""
+    gates = 4 * hidden_size
+    shapes = {}
+    for layer in range(num_layers):
+        in_l = input_size if layer == 0 else hidden_size
+        shapes[param_name("weight_ih", layer)] = (gates, in_l)
+        shapes[param_name("weight_hh", layer)] = (gates, hidden_size)
+        if bias:
+            shapes[param_name("bias_ih", layer)] = (gates,)
+            shapes[param_name("bias_hh", layer)] = (gates,)
+    return shapes
+
+
 def lstm_dims(params: Mapping[str, Any]) -> tuple[int, int, int, bool]:
     """Validates a parameter dict and returns ``(input_size, hidden_size, num_layers, bias)``.
 
@@ -55,35 +70,20 @@ def lstm_dims(params: Mapping[str, Any]) -> tuple[int, int, int, bool]:
             f"[bias_ih_l0, bias_hh_l0], ... Got keys: [{_describe(params)}]."
         )
     has_bias = param_name("bias_ih", 0) in params
-    expected = {
-        param_name(k, l)
-        for l in range(layers)
-        for k in _KINDS
-        if has_bias or k.startswith("weight")
-    }
-    if set(params) != expected:
+    hidden = int(np.shape(params[param_name("weight_hh", 0)])[-1])
+    input_size = int(np.shape(params[param_name("weight_ih", 0)])[-1])
+    shapes = param_shapes(input_size, hidden, layers, has_bias)
+    if set(params) != set(shapes):
         raise ValueError(
-            f"params must hold exactly {sorted(expected)} for a {layers}-layer LSTM "
+            f"params must hold exactly {sorted(shapes)} for a {layers}-layer LSTM "
             f"{'with' if has_bias else 'without'} bias. Got keys: {sorted(params)}."
         )
-    w_hh0 = params[param_name("weight_hh", 0)]
-    hidden = int(np.shape(w_hh0)[-1])
-    input_size = int(np.shape(params[param_name("weight_ih", 0)])[-1])
-    for layer in range(layers):
-        in_l = input_size if layer == 0 else hidden
-        shapes = {
-            "weight_ih": (4 * hidden, in_l),
-            "weight_hh": (4 * hidden, hidden),
-            "bias_ih": (4 * hidden,),
-            "bias_hh": (4 * hidden,),
-        }
-        for kind, shape in shapes.items():
-            name = param_name(kind, layer)
-            if name in params and tuple(np.shape(params[name])) != shape:
-                raise ValueError(
-                    f"params[{name!r}] must have shape {shape} (hidden_size={hidden}, "
-                    f"input_size={in_l}). Got {tuple(np.shape(params[name]))}."
-                )
+    for name, shape in shapes.items():
+        if tuple(np.shape(params[name])) != shape:
+            raise ValueError(
+                f"params[{name!r}] must have shape {shape} (hidden_size={hidden}, "
+                f"input_size={input_size}). Got {tuple(np.shape(params[name]))}."
+            )
     return input_size, hidden, layers, has_bias
 
 
