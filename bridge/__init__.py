@@ -10,6 +10,7 @@ Imports torch, tensordict and jaxlstm; never torchrl (``make_tensordict_primer``
 imports it when called).
 """
 
+from ._buckets import time_bucket as time_bucket
 from ._convert import jax_to_torch as jax_to_torch
 from ._convert import pytree_to_tensordict as pytree_to_tensordict
 from ._convert import tensordict_to_pytree as tensordict_to_pytree

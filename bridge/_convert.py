@@ -86,6 +86,12 @@ def _check_dtype(dtype: torch.dtype) -> None:
         )
 
 
+def torch_dtype_to_jax(dtype: torch.dtype) -> jnp.dtype:
+    """The JAX dtype of a torch dtype (checked as ``torch_to_jax`` checks it)."""
+    _check_dtype(dtype)
+    return jnp.dtype(_TORCH_TO_JAX_DTYPE[dtype])
+
+
 def torch_to_jax(tensor: torch.Tensor, *, copy: bool = False) -> jax.Array:
     """Returns a ``jax.Array`` with the values, shape and dtype of ``tensor``.
 
@@ -109,6 +115,10 @@ def torch_to_jax(tensor: torch.Tensor, *, copy: bool = False) -> jax.Array:
     if tensor.layout != torch.strided:
         raise TypeError(f"only dense (strided) tensors convert. Got layout={tensor.layout}.")
     _check_dtype(tensor.dtype)
+    if tensor.device.type == "meta":
+        raise ValueError(
+            f"a tensor on the 'meta' device has no data to convert (shape {tuple(tensor.shape)})."
+        )
     if tensor.requires_grad:
         tensor = tensor.detach()
         copy = True
@@ -184,8 +194,8 @@ def tensordict_to_pytree(td: TensorDictBase, *, copy: bool = False) -> dict[str,
                 if not isinstance(value, torch.Tensor):
                     raise TypeError(f"only tensor leaves convert. Got {type(value).__name__}.")
                 out[key] = torch_to_jax(value, copy=copy)
-            except TypeError as err:
-                raise TypeError(f"key {_key_name(prefix + (key,))}: {err}") from None
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"key {_key_name(prefix + (key,))}: {err}") from None
         return out
 
     return convert(td, ())

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import math
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple
 
@@ -28,7 +27,12 @@ from torch.autograd.function import once_differentiable
 import jaxlstm
 from jaxlstm import LSTMState, lstm_scan
 
-from ._convert import _check_dtype, torch_to_jax
+from ._buckets import TimeBuckets, pad_time, padded_length, resolve_time_buckets
+from ._convert import torch_dtype_to_jax, torch_to_jax
+from ._fork import check_not_forked
+from ._hotpath import jax_arg as _jax_arg
+from ._hotpath import torch_out as _torch_out
+from ._params import ParamViews
 
 __all__ = ["LSTMModule"]
 
@@ -57,18 +61,6 @@ _TORCH_PRECISIONS = {
     "medium": lax.Precision.DEFAULT,
 }
 
-_NUMPY_DTYPES = frozenset(
-    {
-        torch.bool,
-        torch.uint8,
-        torch.int8,
-        torch.int16,
-        torch.int32,
-        torch.float16,
-        torch.float32,
-        torch.complex64,
-    }
-)
 
 
 # --------------------------------------------------------------------------
@@ -188,50 +180,16 @@ def _apply_vjp(vjp_fn, cotangents):
     return vjp_fn(cotangents)
 
 
-# --------------------------------------------------------------------------
-# Hot-path conversions. Small CPU tensors go through numpy: jit's C++ dispatch
-# takes numpy arguments far faster than jnp.from_dlpack builds arrays
-# (measured ~2 us vs ~100 us per array on XLA:CPU). Other devices use DLPack.
-# --------------------------------------------------------------------------
+def _meta_outputs(programs, names, tensors, x, h, c, is_init):
+    """The outputs' shapes, as ``meta`` tensors, from ``jax.eval_shape`` of the program."""
 
+    def spec(t):
+        return None if t is None else jax.ShapeDtypeStruct(tuple(t.shape), torch_dtype_to_jax(t.dtype))
 
-def _jax_arg(tensor: torch.Tensor | None, cpu: bool) -> Any:
-    if tensor is None:
-        return None
-    if cpu and tensor.dtype in _NUMPY_DTYPES:
-        # A numpy view of the tensor (force: detached, lazy neg/conj bits
-        # resolved); jit copies it into an XLA buffer.
-        return tensor.numpy(force=True)
-    return torch_to_jax(tensor)
-
-
-_readonly_warning_silenced = False
-
-
-def _torch_out(array: jax.Array, cpu: bool) -> torch.Tensor:
-    if cpu:
-        # np.asarray of a CPU jax.Array is a read-only view of its buffer, and
-        # torch.from_numpy warns (once per process) about read-only arrays.
-        # Nothing else owns this freshly computed buffer, so writes through the
-        # tensor are safe: consume torch's one-time warning here, silently.
-        global _readonly_warning_silenced
-        if not _readonly_warning_silenced:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                out = torch.from_numpy(np.asarray(array))
-            _readonly_warning_silenced = True
-            return out
-        return torch.from_numpy(np.asarray(array))
-    return torch.from_dlpack(array)
-
-
-def _share_param(tensor: torch.Tensor) -> jax.Array:
-    """A JAX view of a parameter's memory (copied only where DLPack cannot share)."""
-    _check_dtype(tensor.dtype)
-    tensor = tensor.detach()
-    if not tensor.is_contiguous():
-        tensor = tensor.contiguous()
-    return jnp.from_dlpack(tensor)
+    params = {name: spec(t) for name, t in zip(names, tensors)}
+    shapes = jax.eval_shape(programs.forward, params, spec(x), spec(h), spec(c), spec(is_init), None)
+    # Every output is written in the input's dtype (as torchrl does).
+    return tuple(torch.empty(s.shape, dtype=x.dtype, device="meta") for s in shapes)
 
 
 class _LSTMFunction(torch.autograd.Function):
@@ -373,6 +331,14 @@ class LSTMModule(TensorDictModuleBase):
         context manager does not set one. Default False.
       full_hidden_states: recurrent mode writes the state after every step
         instead of torchrl's zeros-except-at-trajectory-ends. Default False.
+      time_buckets: how recurrent mode pads the sequence length T so that
+        varying lengths share compiled programs: ``"auto"`` (default) rounds
+        T up with ``bridge.time_bucket`` (1, 2, 4, 8, 16, ..., 64, 80, 96,
+        ...: at most 4 programs per doubling of T); a callable ``T -> padded
+        T`` (``>= T``) sets your own buckets, e.g. ``lambda t: 128`` for one
+        program; None compiles one program per T. Padded steps are
+        ``is_init`` steps that are cut off afterwards, so outputs and
+        gradients are those of the unpadded sequence.
 
     Raises:
       ValueError: as torchrl's constructor, for bad key combinations, a
@@ -412,6 +378,7 @@ class LSTMModule(TensorDictModuleBase):
         lstm: nn.LSTM | None = None,
         default_recurrent_mode: bool | None = None,
         full_hidden_states: bool = False,
+        time_buckets: TimeBuckets = "auto",
     ):
         super().__init__()
         # The same checks, in the same order and with the same messages, as
@@ -513,6 +480,8 @@ class LSTMModule(TensorDictModuleBase):
         self.recurrent_matmul_precision = recurrent_matmul_precision
         self.python_based = python_based
         self.full_hidden_states = bool(full_hidden_states)
+        self.time_buckets = time_buckets
+        self._time_bucket = resolve_time_buckets(time_buckets)
         self._param_names = tuple(
             f"{kind}_l{layer}"
             for layer in range(lstm.num_layers)
@@ -522,14 +491,13 @@ class LSTMModule(TensorDictModuleBase):
                 else ("weight_ih", "weight_hh")
             )
         )
-        self._params_key: tuple = ()
-        self._params_jax: dict[str, jax.Array] = {}
+        self._param_views = ParamViews(self._param_names)
 
     def __getstate__(self) -> dict[str, Any]:
         # The JAX views of the parameters are a cache: pickles (torch.save,
         # multiprocess collectors) rebuild them on the first call.
         state = dict(super().__getstate__())
-        state["_params_key"], state["_params_jax"] = (), {}
+        state["_param_views"] = ParamViews(self._param_names)
         return state
 
     # ------------------------------------------------------------------ mode
@@ -585,6 +553,7 @@ class LSTMModule(TensorDictModuleBase):
             "python_based": self.python_based,
             "default_recurrent_mode": self._recurrent_mode,
             "full_hidden_states": self.full_hidden_states,
+            "time_buckets": self.time_buckets,
         }
         kwargs.update(overrides)
         out = type(self)(lstm=lstm, **kwargs)
@@ -616,6 +585,7 @@ class LSTMModule(TensorDictModuleBase):
         out_keys: Sequence[Any] | None = None,
         default_recurrent_mode: bool | None = None,
         full_hidden_states: bool = False,
+        time_buckets: TimeBuckets = "auto",
     ) -> LSTMModule:
         """Builds an ``LSTMModule`` from a torchrl ``LSTMModule`` or a ``torch.nn.LSTM``.
 
@@ -631,7 +601,7 @@ class LSTMModule(TensorDictModuleBase):
           in_key, in_keys, out_key, out_keys: the keys, as in the constructor;
             required for an ``nn.LSTM``.
           default_recurrent_mode: the default mode (torchrl module: its own).
-          full_hidden_states: see the constructor.
+          full_hidden_states, time_buckets: see the constructor.
 
         Returns:
           A ``bridge.LSTMModule``.
@@ -642,6 +612,7 @@ class LSTMModule(TensorDictModuleBase):
                 lstm=module,
                 default_recurrent_mode=default_recurrent_mode,
                 full_hidden_states=full_hidden_states,
+                time_buckets=time_buckets,
                 **keys,
             )
         lstm = getattr(module, "lstm", None)
@@ -670,6 +641,7 @@ class LSTMModule(TensorDictModuleBase):
             lstm=lstm,
             default_recurrent_mode=default_recurrent_mode,
             full_hidden_states=full_hidden_states,
+            time_buckets=time_buckets,
             **options,
             **keys,
         )
@@ -774,18 +746,6 @@ class LSTMModule(TensorDictModuleBase):
             return _TORCH_PRECISIONS.get(torch.get_float32_matmul_precision())
         return _PRECISIONS[mode]
 
-    def _jax_params(self, tensors: Sequence[torch.Tensor]) -> dict[str, jax.Array]:
-        # Re-wrapped only when a parameter is replaced (data_ptr) or written in
-        # place (_version: optimizer steps, load_state_dict). The arrays share
-        # the parameters' memory, so even untracked writes through .data show.
-        key = tuple((t.data_ptr(), t._version) for t in tensors)
-        if key != self._params_key:
-            self._params_jax = {
-                name: _share_param(t) for name, t in zip(self._param_names, tensors)
-            }
-            self._params_key = key
-        return self._params_jax
-
     def _read_inputs(self, tensordict: TensorDictBase, recurrent: bool, weight: torch.Tensor):
         """Fetches and validates the inputs; raises before anything is written."""
         shape = tuple(tensordict.batch_size)
@@ -880,10 +840,19 @@ class LSTMModule(TensorDictModuleBase):
 
         On error nothing is written to ``tensordict``.
         """
+        check_not_forked(type(self).__name__)
         recurrent = self.recurrent_mode
         lstm = self.lstm
         tensors = [getattr(lstm, name) for name in self._param_names]
         x, h, c, is_init = self._read_inputs(tensordict, recurrent, tensors[0])
+        steps = padded = None
+        if recurrent and self._time_bucket is not None:
+            # One program per bucket, not per T (see bridge._buckets).
+            time_dim = tensordict.batch_dims - 1
+            steps = tensordict.batch_size[-1]
+            padded = padded_length(self._time_bucket, steps) if steps else steps
+            x, h, c = pad_time(x, -2, padded), pad_time(h, -3, padded), pad_time(c, -3, padded)
+            is_init = pad_time(is_init, time_dim, padded, value=True)
 
         dropout = float(lstm.dropout) if self.training and lstm.num_layers > 1 else 0.0
         config = _Config(
@@ -897,8 +866,25 @@ class LSTMModule(TensorDictModuleBase):
         seed = None
         if dropout > 0.0:
             seed = np.uint32(torch.randint(0, 2**31 - 1, ()).item())
-        params = self._jax_params(tensors)
         cpu = x.device.type == "cpu"
+        if x.device.type == "meta":
+            # No data: shapes only, as torch's own modules do on "meta".
+            y, h_out, c_out = _meta_outputs(programs, self._param_names, tensors, x, h, c, is_init)
+        else:
+            y, h_out, c_out = self._compute(
+                programs, tensors, x, h, c, is_init, seed, cpu, recurrent
+            )
+        if padded != steps:
+            y, h_out, c_out = y[..., :steps, :], h_out[..., :steps, :, :], c_out[..., :steps, :, :]
+        out_keys = self.out_keys
+        tensordict.set(out_keys[0], y)
+        tensordict.set(out_keys[1], h_out)
+        tensordict.set(out_keys[2], c_out)
+        return tensordict
+
+    def _compute(self, programs, tensors, x, h, c, is_init, seed, cpu, recurrent):
+        """Runs the compiled program, through autograd when a gradient can flow."""
+        params = self._param_views(tensors, cpu)
         jax_init = _jax_arg(is_init, cpu)
 
         if torch.is_grad_enabled() and (
@@ -909,17 +895,10 @@ class LSTMModule(TensorDictModuleBase):
             if not recurrent:
                 jax_init = jax_init.copy()  # backward recomputes from it
             call = _Call(programs, not recurrent, params, jax_init, seed, cpu, self._param_names)
-            y, h_out, c_out = _LSTMFunction.apply(call, x, h, c, *tensors)
-        else:
-            y, h_out, c_out = (
-                _torch_out(a, cpu)
-                for a in programs.forward(
-                    params, _jax_arg(x, cpu), _jax_arg(h, cpu), _jax_arg(c, cpu), jax_init, seed
-                )
+            return _LSTMFunction.apply(call, x, h, c, *tensors)
+        return tuple(
+            _torch_out(a, cpu)
+            for a in programs.forward(
+                params, _jax_arg(x, cpu), _jax_arg(h, cpu), _jax_arg(c, cpu), jax_init, seed
             )
-
-        out_keys = self.out_keys
-        tensordict.set(out_keys[0], y)
-        tensordict.set(out_keys[1], h_out)
-        tensordict.set(out_keys[2], c_out)
-        return tensordict
+        )
