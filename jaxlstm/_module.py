@@ -129,10 +129,11 @@ class LSTM(nn.Module):
           TypeError: a non-floating ``x``, state or parameter; a float ``is_init``.
         """
         _check_hidden_size(self.hidden_size)
+        # The core checks x (once); here only what declaring the params needs.
+        if np.ndim(x) == 0:
+            check_input(x, None, recurrent=self.recurrent_mode)
         if self.has_variable("params", _FIRST):
             self._check_stored_params(self.variables["params"], x)
-        else:
-            check_input(x, None, recurrent=self.recurrent_mode)
         params = self._declare_params(np.shape(x)[-1])
 
         kind = "constant"
@@ -190,7 +191,8 @@ class LSTM(nn.Module):
                 f"Got {tuple(np.shape(w_ih))}."
             )
         input_size = int(np.shape(w_ih)[-1])
-        check_input(x, input_size, recurrent=self.recurrent_mode)
+        if np.shape(x)[-1] != input_size:
+            check_input(x, input_size, recurrent=self.recurrent_mode)  # raises, naming both
         expected = param_shapes(input_size, self.hidden_size, self.num_layers, self.use_bias)
         if set(stored) != set(expected):
             raise ValueError(
