@@ -24,6 +24,7 @@ from ._state import LSTMState
 InputProjection = Literal["auto", "per_step", "hoisted"]
 
 
+@functools.cache
 def default_input_projection() -> str:
     """Where each layer's input projection runs, chosen per backend from measurements.
 
