@@ -270,12 +270,10 @@ def train_with_memory_stats(
     wl: Workload,
     data: Data,
     weights: dict,
-    *,
-    remat: bool = False,
-    forward: Callable | None = None,
+    **scan_kwargs: Any,
 ) -> tuple[Bench, dict]:
-    """Our train step (jit(grad) of ``lstm_scan``, or of ``forward``) compiled ahead of time,
-    and its memory.
+    """Our train step (jit(grad) of ``lstm_scan`` with ``scan_kwargs``: ``backward``,
+    ``remat``, ...) compiled ahead of time, and its memory.
 
     The memory is XLA's compiled memory analysis
     (``jit(f).lower(...).compile().memory_analysis()``): the sizes of the
@@ -291,10 +289,7 @@ def train_with_memory_stats(
     ct = jnp.asarray(data.cotangent)
 
     def loss(p, x_, ii, ct_):
-        if forward is None:
-            y, _ = jaxlstm.lstm_scan(p, x_, None, ii, remat=remat)
-        else:
-            y = forward(p, x_, ii)
+        y, _ = jaxlstm.lstm_scan(p, x_, None, ii, **scan_kwargs)
         return jnp.sum(y * ct_)
 
     compiled = jax.jit(jax.grad(loss)).lower(params, x, is_init, ct).compile()
@@ -314,4 +309,8 @@ def train_with_memory_stats(
         + out["output_size_in_bytes"]
         - out["alias_size_in_bytes"]
     )
+    # Scratch per time step and per (row, step): the figure that decides how far T and
+    # L can grow (issue 11: 16.75 KB vs 6.25 KB per row-step with remat, before).
+    out["temp_per_step_bytes"] = out["temp_size_in_bytes"] / wl.steps
+    out["temp_per_row_step_bytes"] = out["temp_size_in_bytes"] / (wl.steps * wl.batch)
     return Bench(lambda: jax.block_until_ready(compiled(params, x, is_init, ct))), out

@@ -158,11 +158,11 @@ def markdown(result: dict) -> str:
             "",
             "## Design levers of our scan (ratio to the core's default)",
             "",
-            "`core ...` rows call `jaxlstm.lstm_scan` with the given `input_projection` and "
-            "`unroll`; `proto ...` rows are the single-layer prototypes of `_variants.py`. "
+            "`core <backward> <projection> unroll=<n>` rows call `jaxlstm.lstm_scan` with that "
+            "`backward`, `input_projection` and `unroll` (options of the core; no forked math). "
             "The last column is the largest difference of the variant's weight gradients "
             "(train) or outputs (infer) from the default's, relative to their magnitude. "
-            "On CPU `core per_step unroll=1` is the default's own program timed again: "
+            "On CPU `core custom per_step unroll=1` is the default's own program timed again: "
             "its distance from 1.000 is the noise floor of the group.",
             "",
         ]
@@ -245,34 +245,59 @@ def _sweep_md(sweeps: dict) -> list[str]:
         "",
         f"## Memory at T={mem['T']} (W1 train shapes)",
         "",
-        "| | temp | total | time per train step |",
-        "|---|---|---|---|",
+        "| | temp | temp per row-step | total | time per train step |",
+        "|---|---|---|---|---|",
     ]
-    for remat in ("false", "true"):
-        stats = mem.get(f"jaxlstm_remat_{remat}", {})
-        t = mem.get("time", {}).get(f"jaxlstm remat={remat.capitalize()}", {})
+    for label, stats in _jaxlstm_memory_rows(mem):
+        t = mem.get("time", {}).get(label, {})
         lines.append(
-            f"| jaxlstm remat={remat} | {_mib(stats.get('temp_size_in_bytes'))} | "
-            f"{_mib(stats.get('total_bytes'))} | {_cell(t, None)} |"
-        )
-    stats = mem.get("proto_custom_vjp")
-    if stats:
-        t = mem.get("time", {}).get("proto custom-vjp per_step", {})
-        lines.append(
-            f"| proto custom-vjp per_step (levers) | {_mib(stats.get('temp_size_in_bytes'))} | "
+            f"| {label} | {_mib(stats.get('temp_size_in_bytes'))} | "
+            f"{_kib(stats.get('temp_per_row_step_bytes'))} | "
             f"{_mib(stats.get('total_bytes'))} | {_cell(t, None)} |"
         )
     if mem.get("torch_lstm_saved_for_backward_bytes"):
         lines.append(
             f"| torch nn.LSTM, saved for backward | "
-            f"{_mib(mem['torch_lstm_saved_for_backward_bytes'])} | | |"
+            f"{_mib(mem['torch_lstm_saved_for_backward_bytes'])} | | | |"
         )
+    deep = mem.get("deep")
+    if deep:
+        w = deep["workload"]
+        lines += [
+            "",
+            f"### At depth: L={w.get('num_layers')}, B={w.get('batch')}, T={w.get('steps')} "
+            "(compiled, not timed)",
+            "",
+            "| | temp | temp per row-step | total | total / torch saved |",
+            "|---|---|---|---|---|",
+        ]
+        for label, stats in _jaxlstm_memory_rows(deep):
+            ratio = stats.get("total_vs_torch")
+            lines.append(
+                f"| {label} | {_mib(stats.get('temp_size_in_bytes'))} | "
+                f"{_kib(stats.get('temp_per_row_step_bytes'))} | {_mib(stats.get('total_bytes'))} | "
+                + ("—" if ratio is None else f"{ratio:.2f}")
+                + " |"
+            )
+        if deep.get("torch_lstm_saved_for_backward_bytes"):
+            lines.append(
+                f"| torch nn.LSTM, saved for backward | "
+                f"{_mib(deep['torch_lstm_saved_for_backward_bytes'])} | | | 1.00 |"
+            )
     lines += ["", f"What is measured: {mem['what']}"]
     return lines
 
 
 def _mib(n: int | None) -> str:
     return "—" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def _kib(n: float | None) -> str:
+    return "—" if n is None else f"{n / 2**10:.2f} KiB"
+
+
+def _jaxlstm_memory_rows(mem: dict) -> list[tuple[str, dict]]:
+    return [(k, v) for k, v in mem.items() if k.startswith("jaxlstm ") and isinstance(v, dict)]
 
 
 def plot(result: dict, path: Path) -> None:
@@ -322,23 +347,16 @@ def plot(result: dict, path: Path) -> None:
     ax = axes[2]
     mem = sweeps["memory"]
     labels, temps, totals = [], [], []
-    for remat in ("false", "true"):
-        stats = mem.get(f"jaxlstm_remat_{remat}", {})
-        labels.append(f"remat={remat}")
+    for label, stats in _jaxlstm_memory_rows(mem):
+        labels.append(label.replace("jaxlstm backward=", "").replace(" remat=", "\nremat="))
         temps.append((stats.get("temp_size_in_bytes") or 0) / 2**20)
         totals.append((stats.get("total_bytes") or 0) / 2**20)
-    ax.bar([0, 1], totals, 0.6, label="total (XLA memory analysis)", color="tab:blue")
-    ax.bar([0, 1], temps, 0.35, label="temp", color="tab:orange")
+    xs = list(range(len(labels)))
+    ax.bar(xs, totals, 0.6, label="total (XLA memory analysis)", color="tab:blue")
+    ax.bar(xs, temps, 0.35, label="temp", color="tab:orange")
     if mem.get("torch_lstm_saved_for_backward_bytes"):
         labels.append("torch saved")
-        ax.bar([2], [mem["torch_lstm_saved_for_backward_bytes"] / 2**20], 0.6, color="tab:gray")
-    if mem.get("proto_custom_vjp"):
-        k = len(labels)
-        labels.append("custom-vjp\n(levers)")
-        ax.bar([k], [mem["proto_custom_vjp"]["total_bytes"] / 2**20], 0.6, color="tab:blue")
-        ax.bar(
-            [k], [mem["proto_custom_vjp"]["temp_size_in_bytes"] / 2**20], 0.35, color="tab:orange"
-        )
+        ax.bar([len(xs)], [mem["torch_lstm_saved_for_backward_bytes"] / 2**20], 0.6, color="tab:gray")
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels)
     ax.set_ylabel("MiB")

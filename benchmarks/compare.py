@@ -415,25 +415,18 @@ def sweeps(run: Run, impls: list[str]) -> dict:
         ),
     }
     builders = {}
-    for remat in (False, True):
+    for backward in ("custom", "auto"):
+        for remat in (False, True):
+            label = f"jaxlstm backward={backward} remat={remat}"
 
-        def build(remat=remat):
-            bench, stats = _jax_impls.train_with_memory_stats(wl, data, weights, remat=remat)
-            mem[f"jaxlstm_remat_{str(remat).lower()}"] = stats
-            return bench
+            def build(remat=remat, backward=backward, label=label):
+                bench, stats = _jax_impls.train_with_memory_stats(
+                    wl, data, weights, remat=remat, backward=backward
+                )
+                mem[label] = stats
+                return bench
 
-        builders[f"jaxlstm remat={remat}"] = build
-
-    def build_custom_vjp():
-        from . import _variants
-
-        bench, stats = _jax_impls.train_with_memory_stats(
-            wl, data, weights, forward=_variants.custom_vjp_forward
-        )
-        mem["proto_custom_vjp"] = stats
-        return bench
-
-    builders["proto custom-vjp per_step"] = build_custom_vjp
+            builders[label] = build
     try:
         mem["torch_lstm_saved_for_backward_bytes"] = _torch_impls.saved_for_backward_bytes(
             wl, data, weights
@@ -443,24 +436,20 @@ def sweeps(run: Run, impls: list[str]) -> dict:
         mem["torch_error"] = f"{type(e).__name__}: {e}"
     results, _ = run.time_builders(builders)
     mem["time"] = results
-    for remat in (False, True):
-        stats = mem.get(f"jaxlstm_remat_{str(remat).lower()}", {})
-        t = results[f"jaxlstm remat={remat}"]
+    for label in builders:
+        stats = mem.get(label, {})
         run.log(
-            f"    jaxlstm remat={remat!s:<5}: temp {stats.get('temp_size_in_bytes', 0) / 2**20:8.1f} MiB, "
-            f"total {stats.get('total_bytes', 0) / 2**20:8.1f} MiB, time {run.fmt(t.get('median_s'))}"
+            f"    {label:<38}: temp {stats.get('temp_size_in_bytes', 0) / 2**20:8.1f} MiB "
+            f"({stats.get('temp_per_row_step_bytes', 0) / 1024:6.2f} KiB per row-step), "
+            f"total {stats.get('total_bytes', 0) / 2**20:8.1f} MiB, "
+            f"time {run.fmt(results[label].get('median_s'))}"
         )
-    stats = mem.get("proto_custom_vjp", {})
-    run.log(
-        f"    proto custom-vjp per_step: temp {stats.get('temp_size_in_bytes', 0) / 2**20:8.1f} MiB, "
-        f"total {stats.get('total_bytes', 0) / 2**20:8.1f} MiB, "
-        f"time {run.fmt(results.get('proto custom-vjp per_step', {}).get('median_s'))}"
-    )
     if mem.get("torch_lstm_saved_for_backward_bytes"):
         run.log(
             f"    torch nn.LSTM saved for backward: "
             f"{mem['torch_lstm_saved_for_backward_bytes'] / 2**20:.1f} MiB"
         )
+    mem["deep"] = deep_memory(run)
     out["memory"] = mem
     return out
 
@@ -486,14 +475,52 @@ def _linearity(seq_lens, rows: dict) -> dict | None:
     }
 
 
+def deep_memory(run: Run) -> dict:
+    """Planned memory at depth (L=8, B=64, T=1024; issue 11), compiled only (not timed):
+    XLA's memory analysis of jit(grad) for each backward, with and without remat, beside
+    the bytes torch's nn.LSTM saves for its backward."""
+    from . import _jax_impls, _torch_impls, _workloads
+
+    base = _workloads.main_workloads(run.args.quick)[0]
+    wl = base.replace(num_layers=2 if run.args.quick else 8, steps=16 if run.args.quick else 1024)
+    data = _workloads.make_data(wl)
+    weights = _workloads.torch_layout_weights(wl)
+    out: dict[str, Any] = {"workload": wl.shapes()}
+    run.log(f"[sweep memory at depth] L={wl.num_layers} B={wl.batch} T={wl.steps} (compile only)")
+    for backward in ("custom", "auto"):
+        for remat in (False, True):
+            label = f"jaxlstm backward={backward} remat={remat}"
+            _, stats = _jax_impls.train_with_memory_stats(
+                wl, data, weights, remat=remat, backward=backward
+            )
+            out[label] = stats
+            run.log(
+                f"    {label:<38}: temp {stats['temp_size_in_bytes'] / 2**20:8.1f} MiB "
+                f"({stats['temp_per_row_step_bytes'] / 1024:6.2f} KiB per row-step), "
+                f"total {stats['total_bytes'] / 2**20:8.1f} MiB"
+            )
+    try:
+        torch_bytes = _torch_impls.saved_for_backward_bytes(wl, data, weights)
+    except Exception as e:  # noqa: BLE001
+        torch_bytes = None
+        out["torch_error"] = f"{type(e).__name__}: {e}"
+    out["torch_lstm_saved_for_backward_bytes"] = torch_bytes
+    if torch_bytes:
+        run.log(f"    torch nn.LSTM saved for backward: {torch_bytes / 2**20:.1f} MiB")
+        for label in [k for k in out if k.startswith("jaxlstm")]:
+            out[label]["total_vs_torch"] = out[label]["total_bytes"] / torch_bytes
+    return out
+
+
 def levers(run: Run) -> dict:
-    """The design levers of our scan, per workload, against the current core's defaults."""
-    from . import _jax_impls, _variants, _workloads
+    """The options of the core (backward, input projection, unroll), per workload, against
+    the module's defaults. They are options of ``jaxlstm.lstm_scan``: no forked math."""
+    from . import _jax_impls, _workloads
 
     names = [w.name for w in _workloads.main_workloads(run.args.quick)]
     selected = _select(run.args.workloads, names, "workload")
     quick = run.args.quick
-    unrolls = (1,) if quick else (1, 2, 4, 8)
+    unrolls = (1,) if quick else (1, 2, 4)
     out = {}
     for wl in _workloads.main_workloads(quick):
         if wl.name not in selected or (quick and wl.name != names[0]):
@@ -504,16 +531,17 @@ def levers(run: Run) -> dict:
         builders: dict[str, Callable] = {
             "core default (LSTM module)": functools.partial(_jax_impls.build_jaxlstm, *args)
         }
-        for proj in ("per_step", "hoisted"):
-            for unroll in unrolls if wl.kind != "step" else (1,):
-                builders[f"core {proj} unroll={unroll}"] = functools.partial(
-                    _jax_impls.build_jaxlstm, *args, input_projection=proj, unroll=unroll
-                )
-        protos = _prototypes(wl)
-        if quick:
-            protos = {k: v for k, v in protos.items() if k in QUICK_PROTOTYPES}
-        for label, options in protos.items():
-            builders[label] = functools.partial(_variants.build_proto, *args, **options)
+        backwards = ("custom", "auto") if wl.kind == "train" else ("custom",)
+        for backward in backwards:
+            for proj in ("per_step", "hoisted"):
+                for unroll in unrolls if wl.kind != "step" else (1,):
+                    builders[f"core {backward} {proj} unroll={unroll}"] = functools.partial(
+                        _jax_impls.build_jaxlstm,
+                        *args,
+                        input_projection=proj,
+                        unroll=unroll,
+                        backward=backward,
+                    )
         run.log(f"[levers {wl.name}] {len(builders)} variants")
         results, benches = run.time_builders(builders, probe=True)
         probe = results.pop(PROBE)
@@ -524,7 +552,7 @@ def levers(run: Run) -> dict:
             results[name]["parity"] = p
             if not p["ok"]:
                 run.log(f"    {name}: PARITY FAILURE vs {default}: {p}")
-        ref = results["core default (LSTM module)"].get("median_s")
+        ref = results[default].get("median_s")
         for r in results.values():
             if r.get("status") == "ok" and ref:
                 r["ratio_vs_core_default"] = r["median_s"] / ref
@@ -542,60 +570,22 @@ def levers(run: Run) -> dict:
             "matmul_bound_s": wl.flops / peak if peak else None,
             "results": results,
             "fastest": best,
-            "prototypes": {k: v for k, v in protos.items()},
         }
         if best:
             run.log(f"    fastest: {best}")
-        same = results.get("core per_step unroll=1", {}).get("ratio_vs_core_default")
+        same = results.get("core custom per_step unroll=1", {}).get("ratio_vs_core_default")
         if same is not None and jax_backend() == "cpu":
-            # On CPU the module's default is per_step, unroll=1: the same program
+            # On CPU the module's default is custom, per_step, unroll=1: the same program
             # timed twice, so their spread is this group's noise floor.
             out[wl.name]["noise_floor"] = abs(same - 1.0)
             run.log(f"    noise floor (same program timed twice): {abs(same - 1.0):.1%}")
     return out
 
 
-QUICK_PROTOTYPES = ("proto concat", "proto custom-vjp per_step")
-
-
 def jax_backend() -> str:
     import jax
 
     return jax.default_backend()
-
-
-def _prototypes(wl) -> dict[str, dict]:
-    if wl.kind == "step":
-        return {
-            "proto per_step": dict(proj="per_step"),
-            "proto concat": dict(proj="concat"),
-            "proto per_step nn-weights": dict(proj="per_step", wlayout="nn"),
-        }
-    protos = {
-        "proto per_step": dict(proj="per_step"),
-        "proto concat": dict(proj="concat"),
-        "proto per_step ifog": dict(proj="per_step", layout="ifog"),
-        "proto per_step nn-weights": dict(proj="per_step", wlayout="nn"),
-        "proto per_step time-major": dict(proj="per_step", time_major=True),
-        "proto per_gate nn-weights": dict(proj="per_gate", wlayout="nn"),
-    }
-    if wl.kind == "train":
-        protos.update(
-            {
-                "proto custom-vjp per_step": dict(proj="per_step", vjp="custom"),
-                "proto custom-vjp concat": dict(proj="concat", vjp="custom"),
-                "proto custom-vjp hoisted": dict(proj="hoisted", vjp="custom"),
-                "proto custom-vjp per_step ifog": dict(
-                    proj="per_step", vjp="custom", layout="ifog"
-                ),
-                "proto custom-vjp per_step nn-weights": dict(
-                    proj="per_step", vjp="custom", wlayout="nn"
-                ),
-            }
-        )
-    else:
-        protos["proto per_step final-state-only"] = dict(proj="per_step", states="final")
-    return protos
 
 
 def _flat_outputs(out: Any) -> dict:
@@ -633,11 +623,28 @@ def targets(run: Run, workloads: dict, sweep: dict | None) -> list[dict]:
     def median(wname: str, impl: str) -> float | None:
         return workloads.get(wname, {}).get("results", {}).get(impl, {}).get("median_s")
 
+    def best_jax_peer(wname: str) -> float | None:
+        peers = [median(wname, impl) for impl in ("flax_rnn", "scanned_rnn")]
+        peers = [p for p in peers if p is not None]
+        return min(peers) if peers else None
+
     w1 = next((k for k in workloads if k.startswith("W1")), "W1_train")
+    w2 = next((k for k in workloads if k.startswith("W2")), "W2_train")
+    w3 = next((k for k in workloads if k.startswith("W3")), "W3_infer")
     step1 = "W4_step_B1"
     checks = [
+        ("W1 jaxlstm / flax nn.RNN", median(w1, "jaxlstm"), median(w1, "flax_rnn"), 0.85),
+        ("W1 jaxlstm / ScannedRNN", median(w1, "jaxlstm"), median(w1, "scanned_rnn"), 0.80),
+        ("W1 jaxlstm / raw nn.LSTM", median(w1, "jaxlstm"), median(w1, "torch_lstm"), 1.2),
         ("W1 jaxlstm / torchrl pad", median(w1, "jaxlstm"), median(w1, "torchrl_pad"), 0.15),
-        ("W1 jaxlstm / flax nn.RNN", median(w1, "jaxlstm"), median(w1, "flax_rnn"), 1.0),
+        ("W2 jaxlstm / best JAX peer", median(w2, "jaxlstm"), best_jax_peer(w2), 1.0),
+        ("W3 jaxlstm / best JAX peer", median(w3, "jaxlstm"), best_jax_peer(w3), 1.0),
+        (
+            "W4 B=1 step jaxlstm / ScannedRNN",
+            median(step1, "jaxlstm"),
+            median(step1, "scanned_rnn"),
+            0.75,
+        ),
         (
             "W4 B=1 step jaxlstm / torchrl step",
             median(step1, "jaxlstm"),
@@ -648,7 +655,7 @@ def targets(run: Run, workloads: dict, sweep: dict | None) -> list[dict]:
             "W4 B=1 step bridge / torchrl step",
             median(step1, "bridge"),
             median(step1, "torchrl_pad"),
-            0.6,
+            0.4,
         ),
     ]
     if sweep:
@@ -658,9 +665,21 @@ def targets(run: Run, workloads: dict, sweep: dict | None) -> list[dict]:
                 "W1 jaxlstm 50% resets / 0% resets",
                 rows.get("0.5", {}).get("median_s"),
                 rows.get("0", {}).get("median_s"),
-                1.15,
+                1.05,
             )
         )
+        mem = sweep["memory"]
+        for remat in (False, True):
+            custom = mem.get(f"jaxlstm backward=custom remat={remat}", {})
+            auto = mem.get(f"jaxlstm backward=auto remat={remat}", {})
+            checks.append(
+                (
+                    f"T={mem['T']} planned temp, custom / auto backward, remat={remat}",
+                    custom.get("temp_size_in_bytes"),
+                    auto.get("temp_size_in_bytes"),
+                    1.0,
+                )
+            )
     out = []
     for name, num, den, limit in checks:
         if num is None or den is None:

@@ -103,51 +103,18 @@ def _lstm_apply(
       ``(y, h_out, c_out)``: step mode ``[*S, H]``, ``[*S, L, H]`` x2;
       recurrent mode ``[*B, T, H]``, ``[*B, T, L, H]`` x2.
     """
-    dropout_rng = None if seed is None else jax.random.key(seed)
-    scan = functools.partial(
-        lstm_scan,
+    return jaxlstm.torchrl_apply(
+        params,
+        x,
+        h,
+        c,
+        is_init,
+        recurrent=config.recurrent,
+        full_hidden_states=config.full_hidden_states,
         dropout_rate=config.dropout,
-        dropout_rng=dropout_rng,
+        dropout_rng=None if seed is None else jax.random.key(seed),
         precision=config.precision,
         remat=config.remat,
-    )
-    if config.recurrent:
-        batch = x.shape[:-1]  # (*B, T)
-        is_init = jnp.reshape(is_init, batch)
-        state = reset_state = None
-        if h is not None:
-            # torchrl restarts every trajectory from the state stored at its
-            # first step: the row's first state, then a per-step reset target.
-            state = LSTMState(h=h[..., 0, :, :], c=c[..., 0, :, :])
-            reset_state = LSTMState(h=h, c=c)
-        y, states = scan(params, x, state, is_init, reset_state)
-        h_out, c_out = states.h, states.c
-        if not config.full_hidden_states:
-            # torchrl's layout: zeros except at each trajectory's last step.
-            last = jnp.ones(batch[:-1] + (1,), jnp.bool_)
-            end = jnp.concatenate([is_init[..., 1:], last], axis=-1)[..., None, None]
-            h_out = jnp.where(end, h_out, jnp.zeros_like(h_out))
-            c_out = jnp.where(end, c_out, jnp.zeros_like(c_out))
-        return y.astype(x.dtype), h_out.astype(x.dtype), c_out.astype(x.dtype)
-
-    # Step mode is a sequence of length one; resets load zeros.
-    batch = x.shape[:-1]
-    n = math.prod(batch)
-    state = None
-    if h is not None:
-        layers, hidden = h.shape[-2:]
-        state = LSTMState(
-            h=jnp.reshape(h, (n, layers, hidden)), c=jnp.reshape(c, (n, layers, hidden))
-        )
-    y, states = scan(
-        params, jnp.reshape(x, (n, 1, x.shape[-1])), state, jnp.reshape(is_init, (n, 1)), None
-    )
-    # torchrl writes every output in the input's dtype.
-    tail = states.h.shape[-2:]
-    return (
-        jnp.reshape(y, batch + y.shape[-1:]).astype(x.dtype),
-        jnp.reshape(states.h, batch + tail).astype(x.dtype),
-        jnp.reshape(states.c, batch + tail).astype(x.dtype),
     )
 
 
@@ -483,13 +450,7 @@ class LSTMModule(TensorDictModuleBase):
         self.time_buckets = time_buckets
         self._time_bucket = resolve_time_buckets(time_buckets)
         self._param_names = tuple(
-            f"{kind}_l{layer}"
-            for layer in range(lstm.num_layers)
-            for kind in (
-                ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-                if lstm.bias
-                else ("weight_ih", "weight_hh")
-            )
+            jaxlstm.lstm_param_shapes(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bias)
         )
         self._param_views = ParamViews(self._param_names)
 

@@ -1,4 +1,30 @@
-"""One LSTM step for one layer, with ``torch.nn.LSTM``'s math and weight layout."""
+"""Cells: one recurrent step, its parameter table and its hand-written backward.
+
+A cell is everything the loop (``_loop.py``) needs to know about one layer's
+math; the loop itself (time, resets, dropout between layers, remat, unroll,
+per-step states, the custom backward's reverse scan) knows nothing about it.
+``LSTM_CELL`` is the first cell. A cell provides:
+
+- ``kinds``: torch's parameter kinds of one layer (``weight_ih``, ...), and
+  ``layer_param_shapes(input_size, hidden_size, bias)``: their shapes.
+- ``carry_widths(hidden_size)``: the widths of the carry's arrays, in order
+  (LSTM: ``(H, H)`` for ``(h, c)``; an LSTM with projection would have
+  ``(P, H)``). ``carry[0]`` is the layer's output ``y_t``.
+- ``weights(layer_params, bias)``: one layer's arrays -> its weight pytree
+  (LSTM: ``LayerWeights``, the two torch biases summed once), and
+  ``cast(weights, dtype)``: the matmul-dtype copy the step uses.
+- ``project_input(weights, x)``: the part of the step that depends on ``x``
+  only (LSTM: ``x W_ih^T + b``); the loop may hoist it out of the time loop.
+- ``step(weights, gx_t, carry) -> (carry', residual)``: one step from the
+  projected input. ``residual`` is what ``step_backward`` needs.
+- ``step_backward(weights, residual, carry, carry', dcarry')
+  -> (dpre, dcarry)``: the step's VJP. ``dpre`` is whatever per-step gradient
+  ``weight_grads`` needs after the loop (LSTM: the gate pre-activations').
+- ``weight_grads(weights, xs, carries, dpre) -> (dweights, dxs)``: every
+  weight gradient and the input gradient, from all steps at once (one large
+  matmul each, as cuDNN's backward does, instead of one small accumulation
+  per step).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +36,7 @@ from jax import lax
 
 
 class LayerWeights(NamedTuple):
-    """Weights of one layer in torch's layout (gates stacked i, f, g, o)."""
+    """Weights of one LSTM layer in torch's layout (gates stacked i, f, g, o)."""
 
     weight_ih: jax.Array  # shape=[4H, I]
     weight_hh: jax.Array  # shape=[4H, H]
@@ -31,6 +57,31 @@ def project(
         (((a.ndim - 1,), (1,)), ((), ())),
         precision=precision,
         preferred_element_type=accum_dtype,
+    )
+
+
+def _back_project(
+    d: jax.Array, weight: jax.Array, *, precision: Any, accum_dtype: Any
+) -> jax.Array:
+    """``d @ weight`` for ``d [..., G]`` and ``weight [G, K]``: the input gradient of ``project``."""
+    return lax.dot_general(
+        d.astype(weight.dtype),
+        weight,
+        (((d.ndim - 1,), (0,)), ((), ())),
+        precision=precision,
+        preferred_element_type=accum_dtype,
+    )
+
+
+def _outer_sum(d: jax.Array, a: jax.Array, *, precision: Any) -> jax.Array:
+    """``sum_rows d^T a`` for ``d [R, G]``, ``a [R, K]`` -> ``[G, K]``, summed in float32 or wider.
+
+    One matmul over every (step, row) pair: the weight gradient of all steps at
+    once, accumulated in at least float32 even when ``d``/``a`` are bfloat16.
+    """
+    accum = jnp.promote_types(jnp.result_type(d, a), jnp.float32)
+    return lax.dot_general(
+        d, a, (((0,), (0,)), ((), ())), precision=precision, preferred_element_type=accum
     )
 
 
@@ -60,20 +111,134 @@ def lstm_cell(
     Returns:
       ``(h', c')``, both ``[N, H]`` in the dtype of ``h``.
     """
-    accum = h.dtype
-    mm = weights.weight_hh.dtype
-    gates = project(h.astype(mm), weights.weight_hh, precision=precision, accum_dtype=accum)
     if input_gates is None:
-        gates = gates + project(
-            x.astype(mm), weights.weight_ih, precision=precision, accum_dtype=accum
-        )
-        if weights.bias is not None:
-            # Explicit leading axes: [4H] -> [1, 4H], so the add works under
-            # jax_numpy_rank_promotion="raise".
-            gates = gates + lax.broadcast_to_rank(weights.bias.astype(accum), gates.ndim)
-    else:
-        gates = gates + input_gates.astype(accum)
-    i, f, g, o = jnp.split(gates, 4, axis=-1)
-    c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h_new = jax.nn.sigmoid(o) * jnp.tanh(c_new)
+        input_gates = LSTM_CELL.project_input(weights, x, precision=precision, accum=h.dtype)
+    (h_new, c_new), _ = LSTM_CELL.step(
+        weights, input_gates.astype(h.dtype), (h, c), precision=precision
+    )
     return h_new, c_new
+
+
+class _LSTMCell:
+    """``torch.nn.LSTM``'s layer math as a cell (see the module docstring)."""
+
+    name = "lstm"
+    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    gates = 4
+
+    def __repr__(self) -> str:
+        return "LSTM_CELL"
+
+    def layer_param_shapes(
+        self, input_size: int, hidden_size: int, bias: bool
+    ) -> dict[str, tuple[int, ...]]:
+        g = self.gates * hidden_size
+        shapes = {"weight_ih": (g, input_size), "weight_hh": (g, hidden_size)}
+        if bias:
+            shapes["bias_ih"] = (g,)
+            shapes["bias_hh"] = (g,)
+        return shapes
+
+    def carry_widths(self, hidden_size: int) -> tuple[int, ...]:
+        return (hidden_size, hidden_size)  # (h, c)
+
+    def weights(self, layer: dict[str, jax.Array], bias: bool) -> LayerWeights:
+        # The two torch biases always appear summed: sum them once, outside the loop.
+        b = layer["bias_ih"] + layer["bias_hh"] if bias else None
+        return LayerWeights(layer["weight_ih"], layer["weight_hh"], b)
+
+    def cast(self, w: LayerWeights, dtype: Any) -> LayerWeights:
+        # The bias is added to the float32 (or wider) gates, so it keeps its dtype.
+        return LayerWeights(w.weight_ih.astype(dtype), w.weight_hh.astype(dtype), w.bias)
+
+    def project_input(
+        self, w: LayerWeights, x: jax.Array, *, precision: Any = None, accum: Any = None
+    ) -> jax.Array:
+        """``x W_ih^T + b``: ``[..., I]`` -> ``[..., 4H]`` in ``accum``."""
+        gx = project(
+            x.astype(w.weight_ih.dtype), w.weight_ih, precision=precision, accum_dtype=accum
+        )
+        if w.bias is not None:
+            # Explicit leading axes so the add works under rank promotion 'raise'.
+            gx = gx + lax.broadcast_to_rank(w.bias.astype(gx.dtype), gx.ndim)
+        return gx
+
+    def step(
+        self, w: LayerWeights, gx: jax.Array, carry: tuple[jax.Array, ...], *, precision: Any = None
+    ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+        """One step from the projected input ``gx [N, 4H]``; carry ``(h, c)`` ``[N, H]`` each.
+
+        Returns ``((h', c'), acts)`` with ``acts = [sig(i), sig(f), tanh(g), sig(o)]``
+        ``[N, 4H]``, what the backward needs besides the carries.
+        """
+        h, c = carry
+        gates = gx + project(
+            h.astype(w.weight_hh.dtype), w.weight_hh, precision=precision, accum_dtype=c.dtype
+        )
+        i, f, g, o = jnp.split(gates, 4, axis=-1)
+        i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+        c_new = f * c + i * g
+        h_new = o * jnp.tanh(c_new)
+        return (h_new, c_new), jnp.concatenate([i, f, g, o], axis=-1)
+
+    def step_backward(
+        self,
+        w: LayerWeights,
+        acts: jax.Array,
+        carry: tuple[jax.Array, ...],
+        new_carry: tuple[jax.Array, ...],
+        d_new: tuple[jax.Array, ...],
+        *,
+        precision: Any = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """The VJP of ``step``: gate pre-activation gradients ``[N, 4H]`` and ``(dh, dc)``."""
+        _, c = carry
+        _, c_new = new_carry
+        dh, dc = d_new
+        i, f, g, o = jnp.split(acts, 4, axis=-1)
+        tanh_c = jnp.tanh(c_new)
+        dc = dc + dh * o * (1 - tanh_c * tanh_c)
+        d_gates = jnp.concatenate(
+            [
+                dc * g * i * (1 - i),
+                dc * c * f * (1 - f),
+                dc * i * (1 - g * g),
+                dh * tanh_c * o * (1 - o),
+            ],
+            axis=-1,
+        )
+        dh_prev = _back_project(d_gates, w.weight_hh, precision=precision, accum_dtype=dc.dtype)
+        return d_gates, (dh_prev, dc * f)
+
+    def weight_grads(
+        self,
+        w: LayerWeights,
+        xs: jax.Array,
+        carries: tuple[jax.Array, ...],
+        d_gates: jax.Array,
+        *,
+        precision: Any = None,
+    ) -> tuple[LayerWeights, jax.Array]:
+        """All steps' weight gradients at once.
+
+        Args:
+          w: the matmul-dtype weights the forward used.
+          xs: the layer's inputs ``[R, I]`` (all steps and rows).
+          carries: the carries each step started from, ``([R, H], [R, H])``.
+          d_gates: ``[R, 4H]`` from ``step_backward``.
+
+        Returns:
+          ``(dw, dxs)``: ``dw`` in float32 or wider (bias None without bias),
+          ``dxs [R, I]``.
+        """
+        h = carries[0]
+        mm = w.weight_hh.dtype
+        d_mm = d_gates.astype(mm)
+        dw_ih = _outer_sum(d_mm, xs.astype(mm), precision=precision)
+        dw_hh = _outer_sum(d_mm, h.astype(mm), precision=precision)
+        db = None if w.bias is None else jnp.sum(d_gates, axis=0)
+        dxs = _back_project(d_gates, w.weight_ih, precision=precision, accum_dtype=d_gates.dtype)
+        return LayerWeights(dw_ih, dw_hh, db), dxs
+
+
+LSTM_CELL = _LSTMCell()

@@ -19,8 +19,25 @@ def _shape(a: Any) -> tuple[int, ...]:
     return tuple(np.shape(a))
 
 
+def _float_dtype(a: Any, name: str) -> Any:
+    """The dtype of ``a``, which must be real floating (TypeError otherwise)."""
+    dtype = jnp.result_type(a)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{name} must have a real floating dtype (float32, bfloat16, ...). Got dtype={dtype}."
+            + (
+                " Integer and bool inputs are not cast silently (torch.nn.LSTM refuses them "
+                "too): cast them yourself, e.g. x.astype(jnp.float32)."
+                if name == "x"
+                else ""
+            )
+        )
+    return dtype
+
+
 def check_input(x: Any, input_size: int | None, *, recurrent: bool) -> None:
-    """Checks the feature axis and, in recurrent mode, the time axis of ``x``."""
+    """Checks the dtype, the feature axis and, in recurrent mode, the time axis of ``x``."""
+    _float_dtype(x, "x")
     shape = _shape(x)
     min_ndim = 2 if recurrent else 1
     if len(shape) < min_ndim:
@@ -61,7 +78,7 @@ def normalize_is_init(
         return jnp.asarray(is_init)
     if jnp.issubdtype(dtype, jnp.integer):
         return jnp.asarray(is_init) != 0
-    raise ValueError(f"{name} must be bool (or integer 0/1). Got dtype={dtype}.")
+    raise TypeError(f"{name} must be bool (or integer 0/1). Got dtype={dtype}.")
 
 
 def check_state(
@@ -89,4 +106,5 @@ def check_state(
                 f"{name}.{field} must have shape {layout}={expected} "
                 f"(num_layers={num_layers}, hidden_size={hidden_size}). Got {got}."
             )
+        _float_dtype(getattr(state, field), f"{name}.{field}")
     return state

@@ -1,19 +1,23 @@
-"""``jaxlstm.LSTM``: the Flax module over ``lstm_scan``."""
+"""``jaxlstm.LSTM``: the Flax module over the core (``_scan.core``)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from ._checks import check_input, check_state, normalize_is_init
+from ._checks import check_input
 from ._params import param_name, param_shapes
-from ._scan import lstm_scan
+from ._prepare import reset_kind_of
+from ._scan import CoreConfig, check_backward, core, resolve_input_projection
 from ._state import LSTMState
+
+_FIRST = param_name("weight_ih", 0)
 
 
 def _torch_uniform(bound: float):
@@ -22,6 +26,13 @@ def _torch_uniform(bound: float):
         return jax.random.uniform(key, shape, dtype, -bound, bound)
 
     return init
+
+
+def _check_hidden_size(hidden_size: Any) -> None:
+    if isinstance(hidden_size, bool) or not isinstance(hidden_size, (int, np.integer)):
+        raise ValueError(f"hidden_size must be a positive integer. Got {hidden_size!r}.")
+    if hidden_size < 1:
+        raise ValueError(f"hidden_size must be a positive integer. Got hidden_size={hidden_size}.")
 
 
 class LSTM(nn.Module):
@@ -35,27 +46,36 @@ class LSTM(nn.Module):
     ``x [*B, I]`` -> ``y [*B, H]`` and the next state ``[*B, L, H]``.
     Recurrent mode runs a sequence whose time axis is the last batch axis:
     ``x [*B, T, I]`` -> ``y [*B, T, H]`` and the state after every step,
-    ``[*B, T, L, H]``. Both modes are the same scan (step mode has ``T = 1``).
+    ``[*B, T, L, H]``. Both modes are the same core (step mode has ``T = 1``).
 
     Reset rule (both modes): before the cell runs at step ``t``, wherever
     ``is_init`` is true the carried state is replaced by ``reset_state`` at
     ``t`` (zeros when ``reset_state`` is None).
 
+    Called un-jitted (``lstm.apply(params, ...)``), the computation still runs
+    as one compiled program per configuration and input shape: the core is
+    jitted with this module's fields as its static configuration.
+
     Attributes:
-      hidden_size: H.
+      hidden_size: H (a positive integer).
       num_layers: L.
       use_bias: whether the layers have ``bias_ih``/``bias_hh``.
       dropout: dropout rate on the outputs of every layer but the last, applied
         when ``deterministic=False`` with the ``'dropout'`` RNG stream.
       recurrent_mode: step mode (False) or sequence mode (True).
-      dtype: matmul dtype (e.g. ``jnp.bfloat16``); None infers it from the
-        inputs and parameters. The carried state stays in float32. With
-        bfloat16, outputs and states stay within 1e-2 (absolute) of a float32
-        run (tested; measured up to 5e-3 for H <= 256, T <= 256).
+      dtype: compute (matmul) dtype (e.g. ``jnp.bfloat16``); None is
+        ``jnp.result_type`` of the input and the parameters. The carried state
+        stays in float32 and weight gradients are summed over time in float32.
+        With bfloat16, outputs and states stay within 1e-2 (absolute) of a
+        float32 run (tested; measured up to 5e-3 for H <= 256, T <= 256).
       param_dtype: dtype of the parameters at ``init``.
       unroll: ``lax.scan`` unroll factor.
-      remat: recompute the scan body in the backward pass to save memory.
+      remat: keep only the states for the backward pass and recompute the gates.
       precision: ``lax.dot_general`` precision of the matmuls.
+      input_projection: ``"auto"``, ``"per_step"`` or ``"hoisted"`` (see
+        ``lstm_scan``).
+      backward: ``"custom"`` (the hand-written backward, default) or
+        ``"auto"`` (JAX differentiates the scan); see ``lstm_scan``.
     """
 
     hidden_size: int
@@ -68,6 +88,8 @@ class LSTM(nn.Module):
     unroll: int = 1
     remat: bool = False
     precision: Any = None
+    input_projection: str = "auto"
+    backward: str = "custom"
 
     @nn.compact
     def __call__(
@@ -82,7 +104,7 @@ class LSTM(nn.Module):
         """Runs one step, or a sequence in recurrent mode.
 
         Args:
-          x: ``[*B, I]`` (step) or ``[*B, T, I]`` (recurrent), float.
+          x: ``[*B, I]`` (step) or ``[*B, T, I]`` (recurrent), real floating.
           state: ``LSTMState`` of ``[*B, L, H]``: the state before this call;
             None is zeros.
           is_init: bool ``[*B]``/``[*B, 1]`` (step) or ``[*B, T]``/``[*B, T, 1]``
@@ -99,50 +121,97 @@ class LSTM(nn.Module):
           every step; ``state.h[..., -1, :, :]`` is the final state).
 
         Raises:
-          ValueError: at trace time, for a feature size that differs from the
-            parameters', states not ``[*B, L, H]``, an ``is_init`` of neither
-            accepted shape, a recurrent call without a time axis, or ``T = 0``.
+          ValueError: at trace time, for params that do not match the
+            module's fields (naming the field), a feature size that differs
+            from the parameters', states not ``[*B, L, H]``, an ``is_init`` of
+            neither accepted shape, a recurrent call without a time axis, or
+            ``T = 0``.
+          TypeError: a non-floating ``x``, state or parameter; a float ``is_init``.
         """
-        if self.has_variable("params", param_name("weight_ih", 0)):
-            stored = self.get_variable("params", param_name("weight_ih", 0))
-            check_input(x, stored.shape[-1], recurrent=self.recurrent_mode)
-        else:
+        _check_hidden_size(self.hidden_size)
+        # The core checks x (once); here only what declaring the params needs.
+        if np.ndim(x) == 0:
             check_input(x, None, recurrent=self.recurrent_mode)
-        params = self._declare_params(x.shape[-1])
-
-        if self.recurrent_mode:
-            batch_shape = tuple(x.shape[:-2])
+        if self.has_variable("params", _FIRST):
+            stored = self.variables["params"]
+            self._check_stored_params(stored, x)
+            # Already checked against the table: read them directly. (`self.param`
+            # would re-check each by tracing its initialiser, ~0.7 ms per array per
+            # un-jitted call.)
+            params = {name: stored[name] for name in stored}
         else:
-            batch_shape = tuple(x.shape[:-1])
-        if not self.recurrent_mode:
-            # Step mode is a sequence of length one: the same scan, T = 1.
-            x = x[..., None, :]
-            if is_init is not None:
-                is_init = normalize_is_init(is_init, batch_shape)[..., None]
-            if reset_state is not None:
-                check_state(
-                    reset_state, batch_shape, self.num_layers, self.hidden_size, name="reset_state"
-                )
+            params = self._declare_params(np.shape(x)[-1])
 
+        kind = "constant"
+        if self.recurrent_mode and reset_state is not None and np.ndim(x) >= 2:
+            kind = reset_kind_of(reset_state, tuple(np.shape(x)[:-2]), np.shape(x)[-2])
         dropout_rng = None
         if not deterministic and self.dropout > 0.0 and self.num_layers > 1:
             dropout_rng = self.make_rng("dropout")
-        y, states = lstm_scan(
-            params,
-            x,
-            state,
-            is_init,
-            reset_state,
-            dropout_rate=self.dropout,
-            dropout_rng=dropout_rng,
+        config = CoreConfig(
+            recurrent=bool(self.recurrent_mode),
+            reset_kind=kind,
             dtype=self.dtype,
             precision=self.precision,
             unroll=self.unroll,
-            remat=self.remat,
+            remat=bool(self.remat),
+            input_projection=resolve_input_projection(self.input_projection),
+            dropout_rate=float(self.dropout),
+            backward=check_backward(self.backward),
         )
-        if self.recurrent_mode:
-            return y, states
-        return y[..., 0, :], jax.tree.map(lambda a: a[..., 0, :, :], states)
+        # `core` is jitted on its static config: an un-jitted `apply` hits its
+        # compile cache; under an outer jit it is inlined.
+        return core(params, x, state, is_init, reset_state, dropout_rng, config=config)
+
+    def _check_stored_params(self, stored: Mapping[str, Any], x: Any) -> None:
+        """Params of another configuration raise our ValueError, naming the field.
+
+        Without this, flax would raise its scope errors for some mismatches and
+        silently ignore extra layers or biases for others.
+        """
+        layers = 0
+        while param_name("weight_ih", layers) in stored:
+            layers += 1
+        if layers != self.num_layers:
+            raise ValueError(
+                f"num_layers: the module has num_layers={self.num_layers} but the params "
+                f"hold {layers} layer(s) (weight_ih_l0 ... weight_ih_l{layers - 1})."
+            )
+        has_bias = any(param_name(k, 0) in stored for k in ("bias_ih", "bias_hh"))
+        if has_bias != bool(self.use_bias):
+            raise ValueError(
+                f"use_bias: the module has use_bias={self.use_bias} but the params "
+                f"{'hold' if has_bias else 'hold no'} biases (bias_ih_l0, bias_hh_l0)."
+            )
+        w_hh = stored.get(param_name("weight_hh", 0))
+        if w_hh is not None and np.ndim(w_hh) == 2 and np.shape(w_hh)[-1] != self.hidden_size:
+            raise ValueError(
+                f"hidden_size: the module has hidden_size={self.hidden_size} but the params "
+                f"have hidden_size={np.shape(w_hh)[-1]} "
+                f"(weight_hh_l0 shape {tuple(np.shape(w_hh))})."
+            )
+        w_ih = stored[_FIRST]
+        if np.ndim(w_ih) != 2:
+            raise ValueError(
+                f"params['weight_ih_l0'] must have shape (4*hidden_size, input_size). "
+                f"Got {tuple(np.shape(w_ih))}."
+            )
+        input_size = int(np.shape(w_ih)[-1])
+        if np.shape(x)[-1] != input_size:
+            check_input(x, input_size, recurrent=self.recurrent_mode)  # raises, naming both
+        expected = param_shapes(input_size, self.hidden_size, self.num_layers, self.use_bias)
+        if set(stored) != set(expected):
+            raise ValueError(
+                f"params: the module (num_layers={self.num_layers}, use_bias={self.use_bias}) "
+                f"expects exactly {sorted(expected)}. Got {sorted(stored)}."
+            )
+        for name, shape in expected.items():
+            got = tuple(np.shape(stored[name]))
+            if got != shape:
+                raise ValueError(
+                    f"params[{name!r}]: the module (input_size={input_size}, hidden_size="
+                    f"{self.hidden_size}) expects shape {shape}. Got {got}."
+                )
 
     def _declare_params(self, input_size: int) -> dict[str, jax.Array]:
         init = _torch_uniform(1.0 / math.sqrt(self.hidden_size))
@@ -163,6 +232,7 @@ class LSTM(nn.Module):
         self, batch_shape: Sequence[int] | int = (), dtype: Any = jnp.float32
     ) -> LSTMState:
         """Zeros of shape ``[*batch_shape, L, H]``; needs no parameters or RNG."""
+        _check_hidden_size(self.hidden_size)
         if isinstance(batch_shape, int):
             batch_shape = (batch_shape,)
         zeros = jnp.zeros(tuple(batch_shape) + (self.num_layers, self.hidden_size), dtype)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
 
-from ._cell import LayerWeights
+from ._cell import LSTM_CELL
 
 _NAME = re.compile(
     r"^(?P<prefix>.*?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
@@ -24,7 +25,7 @@ _NAME = re.compile(
 
 
 def param_name(kind: str, layer: int) -> str:
-    """torch's name of one LSTM array, e.g. ``param_name("weight_ih", 0)``."""
+    """torch's name of one layer's array, e.g. ``param_name("weight_ih", 0)``."""
     return f"{kind}_l{layer}"
 
 
@@ -40,39 +41,70 @@ def _describe(params: Mapping[str, Any]) -> str:
 
 
 def param_shapes(
-    input_size: int, hidden_size: int, num_layers: int, bias: bool
+    input_size: int, hidden_size: int, num_layers: int, bias: bool, *, cell: Any = LSTM_CELL
 ) -> dict[str, tuple[int, ...]]:
-    """torch's name -> shape of every array of a ``torch.nn.LSTM``, layer by layer."""
-    gates = 4 * hidden_size
+    """The parameter table: torch's name -> shape of every array, layer by layer.
+
+    Names and order are ``torch.nn.LSTM``'s (``weight_ih_l0, weight_hh_l0,
+    bias_ih_l0, bias_hh_l0, weight_ih_l1, ...``). The module declares its
+    parameters from this table, params are validated against it, and the
+    bridge and the benchmarks take their name lists from it.
+    """
     shapes = {}
     for layer in range(num_layers):
-        in_l = input_size if layer == 0 else hidden_size
-        shapes[param_name("weight_ih", layer)] = (gates, in_l)
-        shapes[param_name("weight_hh", layer)] = (gates, hidden_size)
-        if bias:
-            shapes[param_name("bias_ih", layer)] = (gates,)
-            shapes[param_name("bias_hh", layer)] = (gates,)
+        in_l = input_size if layer == 0 else cell.carry_widths(hidden_size)[0]
+        for kind, shape in cell.layer_param_shapes(in_l, hidden_size, bias).items():
+            shapes[param_name(kind, layer)] = shape
     return shapes
 
 
-def lstm_dims(params: Mapping[str, Any]) -> tuple[int, int, int, bool]:
-    """Validates a parameter dict and returns ``(input_size, hidden_size, num_layers, bias)``.
+class ParamSpec(NamedTuple):
+    """What a validated parameter dict describes (static)."""
 
-    Accepts either ``{"params": {...}}`` or the inner dict.
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    bias: bool
+    dtype: Any  # the parameters' common dtype (jnp.result_type of all arrays)
+
+
+def check_params(params: Mapping[str, Any], *, cell: Any = LSTM_CELL) -> ParamSpec:
+    """Validates a parameter dict against the table; returns what it describes.
+
+    Raises:
+      ValueError: missing or extra arrays, wrong shapes, 0-d arrays, H = 0.
+      TypeError: non-floating (integer, bool, complex) arrays.
     """
     params = unwrap_params(params)
     layers = 0
     while param_name("weight_ih", layers) in params:
         layers += 1
-    if layers == 0:
+    first_hh = param_name("weight_hh", 0)
+    if layers == 0 or first_hh not in params:
         raise ValueError(
             "params must hold torch.nn.LSTM arrays named weight_ih_l0, weight_hh_l0, "
             f"[bias_ih_l0, bias_hh_l0], ... Got keys: [{_describe(params)}]."
         )
+    for name, value in params.items():
+        if np.ndim(value) == 0:
+            raise ValueError(
+                f"params[{name!r}] must be an array of torch.nn.LSTM's shape. Got a 0-d value."
+            )
+        dtype = jnp.result_type(value)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"params[{name!r}] must have a real floating dtype (float32, bfloat16, ...). "
+                f"Got dtype={dtype}."
+            )
+    hidden = int(np.shape(params[first_hh])[-1])
+    if hidden <= 0:
+        raise ValueError(
+            f"params[{first_hh!r}] has hidden_size={hidden} (shape "
+            f"{tuple(np.shape(params[first_hh]))}); hidden_size must be >= 1."
+        )
     has_bias = param_name("bias_ih", 0) in params
-    hidden = int(np.shape(params[param_name("weight_hh", 0)])[-1])
     input_size = int(np.shape(params[param_name("weight_ih", 0)])[-1])
-    shapes = param_shapes(input_size, hidden, layers, has_bias)
+    shapes = param_shapes(input_size, hidden, layers, has_bias, cell=cell)
     if set(params) != set(shapes):
         raise ValueError(
             f"params must hold exactly {sorted(shapes)} for a {layers}-layer LSTM "
@@ -84,37 +116,29 @@ def lstm_dims(params: Mapping[str, Any]) -> tuple[int, int, int, bool]:
                 f"params[{name!r}] must have shape {shape} (hidden_size={hidden}, "
                 f"input_size={input_size}). Got {tuple(np.shape(params[name]))}."
             )
-    return input_size, hidden, layers, has_bias
+    dtype = jnp.result_type(*(params[name] for name in shapes))
+    return ParamSpec(input_size, hidden, layers, has_bias, dtype)
 
 
-def layer_weights(params: Mapping[str, Any], dtype: Any = None) -> list[LayerWeights]:
-    """Splits a validated parameter dict into per-layer ``LayerWeights``.
+def lstm_dims(params: Mapping[str, Any]) -> tuple[int, int, int, bool]:
+    """``(input_size, hidden_size, num_layers, bias)`` of a validated parameter dict."""
+    spec = check_params(params)
+    return spec.input_size, spec.hidden_size, spec.num_layers, spec.bias
 
-    The two torch biases are summed once here, outside the time loop.
-    """
-    import jax.numpy as jnp
 
+def layer_weights(
+    params: Mapping[str, Any], spec: ParamSpec, *, cell: Any = LSTM_CELL
+) -> tuple[Any, ...]:
+    """Splits a validated parameter dict into the cell's per-layer weights (not cast)."""
     params = unwrap_params(params)
-    _, _, layers, has_bias = lstm_dims(params)
-
-    def cast(a):
-        return jnp.asarray(a, dtype) if dtype is not None else jnp.asarray(a)
-
-    out = []
-    for layer in range(layers):
-        bias = None
-        if has_bias:
-            bias = jnp.asarray(params[param_name("bias_ih", layer)]) + jnp.asarray(
-                params[param_name("bias_hh", layer)]
-            )
-        out.append(
-            LayerWeights(
-                cast(params[param_name("weight_ih", layer)]),
-                cast(params[param_name("weight_hh", layer)]),
-                bias,
-            )
+    return tuple(
+        cell.weights(
+            {kind: jnp.asarray(params[param_name(kind, k)]) for kind in cell.kinds
+             if param_name(kind, k) in params},
+            spec.bias,
         )
-    return out
+        for k in range(spec.num_layers)
+    )
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -177,7 +201,7 @@ def params_from_torch_state_dict(
         )
     (arrays,) = found.values()
     params = {name: _to_numpy(value) for name, value in arrays.items()}
-    lstm_dims(params)
+    check_params(params)
     return {"params": params}
 
 
@@ -197,5 +221,5 @@ def params_to_torch_state_dict(
       into ``nn.LSTM.load_state_dict`` bit for bit.
     """
     params = unwrap_params(params)
-    lstm_dims(params)
+    check_params(params)
     return {prefix + name: np.asarray(value) for name, value in params.items()}

@@ -105,14 +105,17 @@ def test_sweeps_levers_and_targets_are_reported(quick_run):
     sweeps = result["sweeps"]
     assert set(sweeps["reset_rate"]["results"]["jaxlstm"]) == {"0", "0.02", "0.5"}
     assert len(sweeps["seq_len"]["results"]["jaxlstm"]) == len(sweeps["seq_len"]["T"])
-    for remat in ("false", "true"):
-        assert sweeps["memory"][f"jaxlstm_remat_{remat}"]["total_bytes"] > 0
+    for backward in ("custom", "auto"):
+        for remat in (False, True):
+            label = f"jaxlstm backward={backward} remat={remat}"
+            assert sweeps["memory"][label]["total_bytes"] > 0
+            assert sweeps["memory"]["deep"][label]["temp_per_row_step_bytes"] > 0
     assert result["levers"] and all(lv["fastest"] for lv in result["levers"].values())
     for lv in result["levers"].values():
         for name, row in lv["results"].items():
             assert row["status"] == "ok", f"lever {name}: {row}"
             assert row.get("parity", {"ok": True})["ok"], f"lever {name}: {row['parity']}"
-    assert len(result["targets"]) == 5
+    assert len(result["targets"]) == 12
     for target in result["targets"]:
         assert target["result"] in ("PASS", "MISS", "N/A")
         assert f"{target['result']:<4}  {target['target']}" in stdout

@@ -486,18 +486,53 @@ def test_sharded_inputs_two_host_devices():
 # Options: unroll / remat reach the scan, dropout, dtype.
 
 
+def _scans(jaxpr) -> list:
+    """Every scan equation in ``jaxpr``, nested ones (pjit, custom_vjp, remat) included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            found.append(eqn)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else [param]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found.extend(_scans(inner))
+    return found
+
+
+def _primitives(jaxpr) -> set[str]:
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else [param]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    names |= _primitives(inner)
+    return names
+
+
+@pytest.mark.parametrize("backward", ["custom", "auto"])
 @pytest.mark.parametrize("unroll, remat", [(1, False), (3, False), (1, True)])
-def test_unroll_and_remat_reach_the_scan(unroll, remat):
-    """The module passes unroll and remat to lax.scan (their numbers are checked against
-    torch, through lstm_scan, in test_torch_parity.py)."""
-    lstm = LSTM(HIDDEN, recurrent_mode=True, unroll=unroll, remat=remat)
+def test_unroll_and_remat_reach_the_scan(unroll, remat, backward):
+    """The module passes unroll and remat to the forward and backward scans (their numbers
+    are checked against torch, through lstm_scan, in test_torch_parity.py)."""
+    lstm = LSTM(HIDDEN, recurrent_mode=True, unroll=unroll, remat=remat, backward=backward)
     params = lstm_params(1)
     x = jnp.ones((2, T, INPUT_SIZE))
-    jaxpr = jax.make_jaxpr(lambda p: lstm.apply(p, x))(params).jaxpr
-    (scan,) = [e for e in jaxpr.eqns if e.primitive.name == "scan"]
-    assert scan.params["unroll"] == unroll
-    body_primitives = {e.primitive.name for e in scan.params["jaxpr"].jaxpr.eqns}
-    assert any(p.startswith(("checkpoint", "remat")) for p in body_primitives) == remat
+    loss = lambda p: jnp.sum(lstm.apply(p, x)[0])  # noqa: E731
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(params).jaxpr
+    scans = _scans(jaxpr)
+    assert len(scans) == 2  # forward and backward
+    assert all(scan.params["unroll"] == unroll for scan in scans)
+    if backward == "auto":
+        bodies = [_primitives(scan.params["jaxpr"].jaxpr) for scan in scans]
+        assert any(any(p.startswith(("checkpoint", "remat")) for p in b) for b in bodies) == remat
+    else:
+        # The hand-written backward's reverse scan recomputes the gates (a sigmoid) with
+        # remat, and reads the saved ones without.
+        (reverse,) = [scan for scan in scans if scan.params["reverse"]]
+        assert ("logistic" in _primitives(reverse.params["jaxpr"].jaxpr)) == remat
 
 
 DROPOUT = {"dropout": 0.5}

@@ -231,7 +231,7 @@ CASES = [
         ValueError,
         r"is_init must have shape \(3,\) or \(3, 1\)\. Got is_init\.shape=\(3, 7\)",
     ),
-    # A float is_init: 0.5 would be neither a reset nor not one.
+    # A float is_init: 0.5 would be neither a reset nor not one (a dtype error: TypeError).
     (
         "is_init_float",
         True,
@@ -239,7 +239,7 @@ CASES = [
         None,
         np.zeros((B, T), np.float32),
         None,
-        ValueError,
+        TypeError,
         r"is_init must be bool \(or integer 0/1\)\. Got dtype=float32",
     ),
     (
@@ -249,7 +249,7 @@ CASES = [
         None,
         np.zeros(B, np.float32),
         None,
-        ValueError,
+        TypeError,
         r"is_init must be bool \(or integer 0/1\)\. Got dtype=float32",
     ),
 ]

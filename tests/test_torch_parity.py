@@ -109,13 +109,16 @@ def jax_forward_and_grads(run, params, x, state, is_init, cot):
 
 
 @functools.cache
-def jitted_forward_and_grads(num_layers, use_bias, **scan_options):
+def jitted_forward_and_grads(num_layers, use_bias, backward="custom", **scan_options):
     if scan_options:
+        scan_options["backward"] = backward
 
         def run(params, x, state, is_init):
             return jaxlstm.lstm_scan(params, x, state, is_init, **scan_options)
     else:
-        lstm = LSTM(HIDDEN, num_layers=num_layers, use_bias=use_bias, recurrent_mode=True)
+        lstm = LSTM(
+            HIDDEN, num_layers=num_layers, use_bias=use_bias, recurrent_mode=True, backward=backward
+        )
         run = lstm.apply
     return jax.jit(functools.partial(jax_forward_and_grads, run))
 
@@ -133,14 +136,16 @@ def assert_matches_torch(jax_out, torch_out):
             np.testing.assert_allclose(a, b, atol=ATOL, rtol=RTOL, err_msg=name)
 
 
+@pytest.mark.parametrize("backward", ["custom", "auto"])
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
 @pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "no_bias"])
-def test_lstm_matches_torch(num_layers, use_bias):
-    """jaxlstm.LSTM (recurrent mode) vs torch.nn.LSTM, with and without resets."""
+def test_lstm_matches_torch(num_layers, use_bias, backward):
+    """jaxlstm.LSTM (recurrent mode) vs torch.nn.LSTM, with and without resets, with the
+    hand-written backward (the default) and with JAX's automatic one."""
     torch_lstm = make_torch_lstm(num_layers, use_bias)
     params = jaxlstm.params_from_torch_state_dict(torch_lstm.state_dict())
     x, state, is_init, cot = make_inputs(num_layers)
-    run = jitted_forward_and_grads(num_layers, use_bias)
+    run = jitted_forward_and_grads(num_layers, use_bias, backward=backward)
 
     # Resets in the middle of rows, against torch stepping and zeroing the state.
     assert_matches_torch(
@@ -155,11 +160,12 @@ def test_lstm_matches_torch(num_layers, use_bias):
     )
 
 
+@pytest.mark.parametrize("backward", ["custom", "auto"])
 @pytest.mark.parametrize(
     "input_projection, unroll, remat",
-    [("hoisted", 1, False), ("per_step", 2, True)],
+    [("hoisted", 1, False), ("per_step", 2, True), ("hoisted", 1, True)],
 )
-def test_scan_options_match_torch(input_projection, unroll, remat):
+def test_scan_options_match_torch(input_projection, unroll, remat, backward):
     """Both input-projection paths of lstm_scan, unroll > 1 and remat give torch's numbers
     (per_step with unroll=1 and no remat is the path test_lstm_matches_torch takes on CPU)."""
     num_layers = 2
@@ -167,7 +173,12 @@ def test_scan_options_match_torch(input_projection, unroll, remat):
     params = jaxlstm.params_from_torch_state_dict(torch_lstm.state_dict())
     x, state, is_init, cot = make_inputs(num_layers, seed=1)
     run = jitted_forward_and_grads(
-        num_layers, True, input_projection=input_projection, unroll=unroll, remat=remat
+        num_layers,
+        True,
+        backward,
+        input_projection=input_projection,
+        unroll=unroll,
+        remat=remat,
     )
     assert_matches_torch(
         run(params, x, state, is_init, cot),
