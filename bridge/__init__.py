@@ -14,4 +14,5 @@ from ._convert import jax_to_torch as jax_to_torch
 from ._convert import pytree_to_tensordict as pytree_to_tensordict
 from ._convert import tensordict_to_pytree as tensordict_to_pytree
 from ._convert import torch_to_jax as torch_to_jax
+from ._errors import DtypeError as DtypeError
 from ._module import LSTMModule as LSTMModule

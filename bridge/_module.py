@@ -29,6 +29,7 @@ import jaxlstm
 from jaxlstm import LSTMState, lstm_scan
 
 from ._convert import _check_dtype, torch_to_jax
+from ._errors import DtypeError
 
 __all__ = ["LSTMModule"]
 
@@ -234,6 +235,55 @@ def _share_param(tensor: torch.Tensor) -> jax.Array:
     return jnp.from_dlpack(tensor)
 
 
+# --------------------------------------------------------------------------
+# Scoped float64. JAX has 64-bit types only with x64 enabled; instead of asking
+# users to flip that process-wide, a float64 module enables it for its own
+# computation (jax.enable_x64 is a thread-local context manager, and x64 is
+# part of jit's cache key, so float32 programs are untouched).
+# --------------------------------------------------------------------------
+
+
+def _x64_scope(needed: bool) -> Any:
+    return jax.enable_x64(True) if needed and not jax.config.jax_enable_x64 else _NO_SCOPE
+
+
+class _NoScope:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+_NO_SCOPE = _NoScope()
+_WIDE = (torch.float64, torch.complex128)
+
+
+def _x64_scope_for_module(forward: Callable) -> Callable:
+    """Runs ``forward`` with JAX's x64 enabled when the LSTM's parameters are float64."""
+
+    @functools.wraps(forward)
+    def wrapper(self, tensordict, *args, **kwargs):
+        weight = getattr(self.lstm, self._param_names[0])
+        with _x64_scope(weight.dtype in _WIDE):
+            return forward(self, tensordict, *args, **kwargs)
+
+    return wrapper
+
+
+def _x64_scope_for_tensors(fn: Callable) -> Callable:
+    """Runs ``fn`` with JAX's x64 enabled when one of its tensor arguments is float64."""
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        wide = any(isinstance(a, torch.Tensor) and a.dtype in _WIDE for a in args)
+        with _x64_scope(wide):
+            return fn(*args)
+
+    return wrapper
+
+
+
 class _LSTMFunction(torch.autograd.Function):
     """The compiled LSTM as a torch op; its backward is the JAX pullback.
 
@@ -267,6 +317,7 @@ class _LSTMFunction(torch.autograd.Function):
         return _torch_out(y, cpu), _torch_out(h_out, cpu), _torch_out(c_out, cpu)
 
     @staticmethod
+    @_x64_scope_for_tensors
     @once_differentiable
     def backward(ctx, grad_y, grad_h, grad_c):
         _ = ctx.saved_tensors  # raises if an input was modified in place since forward
@@ -297,6 +348,129 @@ class _Call(NamedTuple):
     seed: Any
     cpu: bool
     param_names: tuple[str, ...]
+
+
+# --------------------------------------------------------------------------
+# torch.compile: dynamo cannot trace into JAX (DLPack capsules, numpy views of
+# XLA buffers), so the module's forward is a graph break. Compiled code around
+# it (heads, losses) stays compiled; the LSTM runs as its own XLA program.
+# --------------------------------------------------------------------------
+
+_graph_break = torch.compiler.disable
+
+
+# --------------------------------------------------------------------------
+# torch.func transforms (torch.vmap over inputs or parameters, torch.func.grad).
+# Under a transform the tensors are functorch wrappers without memory of their
+# own, so they cannot be shared with JAX. _TransformFunction is an autograd
+# Function in the setup_context style that functorch accepts; its vmap rule does
+# not loop: it records the vmapped dims of each input and re-applies itself to
+# the underlying tensors, and the JAX program is wrapped in one jax.vmap per
+# recorded level, so the vmapped dims become batch dims of one XLA computation.
+# --------------------------------------------------------------------------
+
+
+class _TransformSpec(NamedTuple):
+    """Static description of one call through _TransformFunction (hashable)."""
+
+    config: _Config
+    param_names: tuple[str, ...]
+    seed: Any  # np.uint32 | None: the dropout seed, shared by all vmapped rows
+    cpu: bool
+    # One entry per torch.vmap level, innermost first:
+    # ((axis of each parameter), x axis, h axis, c axis, is_init axis), None for unmapped.
+    levels: tuple = ()
+
+
+def _under_functorch(*tensors: torch.Tensor | None) -> bool:
+    return any(
+        t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors
+    )
+
+
+@functools.cache
+def _transform_programs(
+    config: _Config, param_names: tuple[str, ...], levels: tuple
+) -> tuple[Callable, Callable]:
+    """(forward, recompute_vjp) for ``levels`` of vmap, as jitted JAX functions."""
+    apply = functools.partial(_lstm_apply, config=config)
+    for param_axes, x_axis, h_axis, c_axis, init_axis in levels:
+        apply = jax.vmap(
+            apply,
+            in_axes=(dict(zip(param_names, param_axes)), x_axis, h_axis, c_axis, init_axis, None),
+        )
+
+    def recompute_vjp(params, x, h, c, is_init, seed, cotangents):
+        _, pullback = jax.vjp(lambda p, x, h, c: apply(p, x, h, c, is_init, seed), params, x, h, c)
+        return pullback(cotangents)
+
+    return jax.jit(apply), jax.jit(recompute_vjp)
+
+
+class _TransformFunction(torch.autograd.Function):
+    """The LSTM as a torch op that torch.func transforms (vmap, grad) can see through.
+
+    Inputs: ``(spec, x, h, c, is_init, *params)`` with ``h``/``c`` possibly None.
+    The backward recomputes the forward inside ``jax.vjp`` (no residuals are
+    kept between the two calls).
+    """
+
+    @staticmethod
+    def forward(spec: _TransformSpec, x, h, c, is_init, *params):
+        forward, _ = _transform_programs(spec.config, spec.param_names, spec.levels)
+        with _x64_scope(x.dtype in _WIDE):
+            outputs = forward(*_transform_args(spec, x, h, c, is_init, params))
+            return tuple(_torch_out(a, spec.cpu) for a in outputs)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        spec, x, h, c, is_init, *params = inputs
+        ctx.spec = spec
+        ctx.has_state = h is not None
+        ctx.save_for_backward(x, h, c, is_init, *params)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y, grad_h, grad_c):
+        spec = ctx.spec
+        x, h, c, is_init, *params = ctx.saved_tensors
+        if not ctx.has_state:
+            h = c = None
+        _, recompute_vjp = _transform_programs(spec.config, spec.param_names, spec.levels)
+        with _x64_scope(x.dtype in _WIDE):
+            cotangents = tuple(_jax_arg(g.contiguous(), spec.cpu) for g in (grad_y, grad_h, grad_c))
+            d_params, d_x, d_h, d_c = recompute_vjp(
+                *_transform_args(spec, x, h, c, is_init, params), cotangents
+            )
+            needs = ctx.needs_input_grad
+            out: list[torch.Tensor | None] = [None]
+            for i, d in enumerate((d_x, d_h, d_c), start=1):
+                out.append(_torch_out(d, spec.cpu) if needs[i] and d is not None else None)
+            out.append(None)  # is_init
+            for i, name in enumerate(spec.param_names, start=5):
+                out.append(_torch_out(d_params[name], spec.cpu) if needs[i] else None)
+        return tuple(out)
+
+    @staticmethod
+    def vmap(info, in_dims, spec: _TransformSpec, x, h, c, is_init, *params):
+        _, x_axis, h_axis, c_axis, init_axis, *param_axes = in_dims
+        level = (tuple(param_axes), x_axis, h_axis, c_axis, init_axis)
+        spec = spec._replace(levels=spec.levels + (level,))
+        outputs = _TransformFunction.apply(spec, x, h, c, is_init, *params)
+        return outputs, (0, 0, 0)
+
+
+def _transform_args(spec: _TransformSpec, x, h, c, is_init, params) -> tuple:
+    cpu = spec.cpu
+    jax_params = {name: _jax_arg(p.contiguous(), cpu) for name, p in zip(spec.param_names, params)}
+    return (
+        jax_params,
+        _jax_arg(x, cpu),
+        _jax_arg(h, cpu),
+        _jax_arg(c, cpu),
+        _jax_arg(is_init, cpu),
+        spec.seed,
+    )
 
 
 class LSTMModule(TensorDictModuleBase):
@@ -603,6 +777,42 @@ class LSTMModule(TensorDictModuleBase):
         """Returns self: there is a single (JAX) implementation. For torchrl compatibility."""
         return self
 
+    # ------------------------------------------------ memory layout (torchrl 0.13+)
+
+    @property
+    def canonical_keys(self) -> list:
+        """The keys whose memory layout matters to this module: ``in_keys + out_keys``.
+
+        torchrl's API (read by ``torchrl.modules.canonicalize_rnn_subset``).
+        """
+        return [*self.in_keys, *self.out_keys]
+
+    def canonicalize(self, data: TensorDictBase, *, inplace: bool = False) -> TensorDictBase:
+        """Gives the leaves under ``canonical_keys`` a canonical (row-major) layout.
+
+        As torchrl's method: keys that ``data`` lacks are skipped, other leaves
+        are left as they are (no full-batch copy). The bridge does not need it
+        for correctness (non-contiguous inputs are copied on their way to JAX),
+        but a contiguous input is shared with XLA instead of copied.
+
+        Args:
+          data: a TensorDict.
+          inplace: write the canonical leaves into ``data`` and return it.
+            Default False: a shallow copy of ``data`` is returned and ``data``
+            is left untouched.
+
+        Returns:
+          ``data`` or its shallow copy, with the canonical leaves.
+        """
+        present = data.keys(include_nested=True)
+        keys = [key for key in self.canonical_keys if key in present]
+        if not keys:
+            return data
+        canonical = data.select(*keys).contiguous(canonical=True)
+        out = data if inplace else data.copy()
+        out.update(canonical)
+        return out
+
     # ------------------------------------------------------------ interop
 
     @classmethod
@@ -822,7 +1032,8 @@ class LSTMModule(TensorDictModuleBase):
                 f"({detail}). Got {tuple(value.shape)}."
             )
         if value.dtype != weight.dtype:
-            raise TypeError(
+            # torchrl checks this as a ValueError; DtypeError is both.
+            raise DtypeError(
                 f"{value_key!r} has dtype {value.dtype} but the LSTM's parameters are "
                 f"{weight.dtype}."
             )
@@ -841,10 +1052,15 @@ class LSTMModule(TensorDictModuleBase):
                         f"{key!r} must have shape [*batch, num_layers, hidden_size]="
                         f"{state_shape}. Got {tuple(state.shape)}."
                     )
-                if state.dtype != value.dtype or state.device != value.device:
-                    raise TypeError(
-                        f"{key!r} must have the dtype and device of {value_key!r} "
-                        f"({value.dtype}, {value.device}). Got {state.dtype}, {state.device}."
+                if state.dtype != value.dtype:
+                    raise DtypeError(
+                        f"{key!r} must have the dtype of {value_key!r} ({value.dtype}). "
+                        f"Got {state.dtype}."
+                    )
+                if state.device != value.device:
+                    raise ValueError(
+                        f"{key!r} must be on the device of {value_key!r} ({value.device}). "
+                        f"Got {state.device}."
                     )
         if not isinstance(is_init, torch.Tensor):
             raise TypeError(f"{init_key!r} must be a tensor. Got {type(is_init).__name__}.")
@@ -854,12 +1070,20 @@ class LSTMModule(TensorDictModuleBase):
                 f"Got {tuple(is_init.shape)}."
             )
         if is_init.dtype != torch.bool:
-            if is_init.dtype.is_floating_point or is_init.dtype.is_complex:
-                raise TypeError(f"{init_key!r} must be bool (or integer 0/1). Got {is_init.dtype}.")
+            # torchrl accepts integer and float markers (its recurrent mode reads
+            # any non-zero value as a reset); so do we, in both modes.
             is_init = is_init != 0
+        if recurrent and shape[-1] == 0:
+            # torchrl fails here with an IndexError deep in its padding code.
+            raise ValueError(
+                f"{value_key!r} must hold at least one time step in recurrent mode (time is "
+                f"the last batch dim). Got batch size {shape}, T=0."
+            )
         return value, h, c, is_init
 
     @dispatch
+    @_graph_break
+    @_x64_scope_for_module
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Runs one step, or sequences in recurrent mode, and writes the out keys.
 
@@ -876,7 +1100,9 @@ class LSTMModule(TensorDictModuleBase):
             feature size is not ``input_size``; states not ``[*batch, L, H]``;
             an ``is_init`` of another shape. The messages name the key and give
             the expected and actual shapes.
-          TypeError: a value whose dtype differs from the parameters'.
+          DtypeError: (a ``TypeError`` and a ``ValueError``, as torchrl raises
+            ``ValueError``) a value whose dtype differs from the parameters', or
+            states whose dtype differs from the value's.
 
         On error nothing is written to ``tensordict``.
         """
@@ -897,8 +1123,17 @@ class LSTMModule(TensorDictModuleBase):
         seed = None
         if dropout > 0.0:
             seed = np.uint32(torch.randint(0, 2**31 - 1, ()).item())
-        params = self._jax_params(tensors)
         cpu = x.device.type == "cpu"
+        if _under_functorch(x, h, c, is_init, *tensors):
+            # torch.vmap / torch.func: the tensors are functorch wrappers with no
+            # memory of their own; see _TransformFunction.
+            spec = _TransformSpec(config, self._param_names, seed, cpu, ())
+            y, h_out, c_out = _TransformFunction.apply(spec, x, h, c, is_init, *tensors)
+            tensordict.set(self.out_keys[0], y)
+            tensordict.set(self.out_keys[1], h_out)
+            tensordict.set(self.out_keys[2], c_out)
+            return tensordict
+        params = self._jax_params(tensors)
         jax_init = _jax_arg(is_init, cpu)
 
         if torch.is_grad_enabled() and (
