@@ -728,8 +728,9 @@ class LSTMModule(TensorDictModuleBase):
     def set_recurrent_mode(self, mode: bool = True) -> LSTMModule:
         """Returns a copy in the given mode that shares this module's ``nn.LSTM``.
 
-        The behaviour of torchrl's documented ``set_recurrent_mode`` method
-        (removed from torchrl in 0.8): one set of parameters, used step by
+        The behaviour of the ``set_recurrent_mode`` method that torchrl's
+        documentation shows (torchrl 0.14.1's method raises a RuntimeError,
+        saying it was removed in v0.8): one set of parameters, used step by
         step in one policy and over sequences in another. The copy is ``self``
         when the mode does not change. torchrl's ``set_recurrent_mode`` context
         manager still overrides the copy's mode while it is active.
