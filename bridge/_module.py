@@ -388,36 +388,54 @@ def _under_functorch(*tensors: torch.Tensor | None) -> bool:
     )
 
 
+def _vmapped(fn: Callable, param_names: tuple[str, ...], levels: tuple) -> Callable:
+    """``fn(params, x, h, c, is_init, seed, *rest)`` under one ``jax.vmap`` per level.
+
+    A level is ``(param axes, x, h, c, is_init axes, *axes of rest)``; the first
+    level is the innermost vmap. Outputs are batched on axis 0 at every level.
+    """
+    for param_axes, *axes in levels:
+        in_axes = (dict(zip(param_names, param_axes)), *axes[:4], None, *axes[4:])
+        fn = jax.vmap(fn, in_axes=in_axes)
+    return fn
+
+
 @functools.cache
-def _transform_programs(
-    config: _Config, param_names: tuple[str, ...], levels: tuple
-) -> tuple[Callable, Callable]:
-    """(forward, recompute_vjp) for ``levels`` of vmap, as jitted JAX functions."""
+def _transform_forward(config: _Config, param_names: tuple[str, ...], levels: tuple) -> Callable:
     apply = functools.partial(_lstm_apply, config=config)
-    for param_axes, x_axis, h_axis, c_axis, init_axis in levels:
-        apply = jax.vmap(
-            apply,
-            in_axes=(dict(zip(param_names, param_axes)), x_axis, h_axis, c_axis, init_axis, None),
-        )
+    return jax.jit(_vmapped(apply, param_names, levels))
 
-    def recompute_vjp(params, x, h, c, is_init, seed, cotangents):
+
+@functools.cache
+def _transform_vjp(
+    config: _Config, param_names: tuple[str, ...], levels: tuple, vjp_levels: tuple
+) -> Callable:
+    """The pullback of ``_transform_forward(levels)``, itself vmapped over ``vjp_levels``.
+
+    ``vjp_levels`` appear when the backward pass runs under vmap (per-sample
+    gradients: ``torch.vmap(torch.func.grad(f))``).
+    """
+    apply = _vmapped(functools.partial(_lstm_apply, config=config), param_names, levels)
+
+    def vjp(params, x, h, c, is_init, seed, grad_y, grad_h, grad_c):
         _, pullback = jax.vjp(lambda p, x, h, c: apply(p, x, h, c, is_init, seed), params, x, h, c)
-        return pullback(cotangents)
+        return pullback((grad_y, grad_h, grad_c))
 
-    return jax.jit(apply), jax.jit(recompute_vjp)
+    return jax.jit(_vmapped(vjp, param_names, vjp_levels))
 
 
 class _TransformFunction(torch.autograd.Function):
     """The LSTM as a torch op that torch.func transforms (vmap, grad) can see through.
 
     Inputs: ``(spec, x, h, c, is_init, *params)`` with ``h``/``c`` possibly None.
-    The backward recomputes the forward inside ``jax.vjp`` (no residuals are
-    kept between the two calls).
+    The backward is another such op (``_TransformVJP``), which recomputes the
+    forward inside ``jax.vjp``, so that ``torch.func.grad`` and
+    ``torch.vmap(torch.func.grad(...))`` can see through it as well.
     """
 
     @staticmethod
     def forward(spec: _TransformSpec, x, h, c, is_init, *params):
-        forward, _ = _transform_programs(spec.config, spec.param_names, spec.levels)
+        forward = _transform_forward(spec.config, spec.param_names, spec.levels)
         with _x64_scope(x.dtype in _WIDE):
             outputs = forward(*_transform_args(spec, x, h, c, is_init, params))
             return tuple(_torch_out(a, spec.cpu) for a in outputs)
@@ -430,26 +448,16 @@ class _TransformFunction(torch.autograd.Function):
         ctx.save_for_backward(x, h, c, is_init, *params)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_y, grad_h, grad_c):
-        spec = ctx.spec
         x, h, c, is_init, *params = ctx.saved_tensors
         if not ctx.has_state:
             h = c = None
-        _, recompute_vjp = _transform_programs(spec.config, spec.param_names, spec.levels)
-        with _x64_scope(x.dtype in _WIDE):
-            cotangents = tuple(_jax_arg(g.contiguous(), spec.cpu) for g in (grad_y, grad_h, grad_c))
-            d_params, d_x, d_h, d_c = recompute_vjp(
-                *_transform_args(spec, x, h, c, is_init, params), cotangents
-            )
-            needs = ctx.needs_input_grad
-            out: list[torch.Tensor | None] = [None]
-            for i, d in enumerate((d_x, d_h, d_c), start=1):
-                out.append(_torch_out(d, spec.cpu) if needs[i] and d is not None else None)
-            out.append(None)  # is_init
-            for i, name in enumerate(spec.param_names, start=5):
-                out.append(_torch_out(d_params[name], spec.cpu) if needs[i] else None)
-        return tuple(out)
+        grads = list(
+            _TransformVJP.apply((ctx.spec, ()), x, h, c, is_init, grad_y, grad_h, grad_c, *params)
+        )
+        d_x = grads.pop(0)
+        d_h, d_c = (grads.pop(0), grads.pop(0)) if ctx.has_state else (None, None)
+        return (None, d_x, d_h, d_c, None, *grads)
 
     @staticmethod
     def vmap(info, in_dims, spec: _TransformSpec, x, h, c, is_init, *params):
@@ -458,6 +466,47 @@ class _TransformFunction(torch.autograd.Function):
         spec = spec._replace(levels=spec.levels + (level,))
         outputs = _TransformFunction.apply(spec, x, h, c, is_init, *params)
         return outputs, (0, 0, 0)
+
+
+class _TransformVJP(torch.autograd.Function):
+    """The backward of ``_TransformFunction``, as a torch op with its own vmap rule.
+
+    Inputs: ``((spec, vjp_levels), x, h, c, is_init, grad_y, grad_h, grad_c,
+    *params)``. Returns ``(d_x, d_h, d_c, *d_params)``, without ``d_h, d_c``
+    when the forward had no states. Not differentiable again.
+    """
+
+    @staticmethod
+    def forward(specs, x, h, c, is_init, grad_y, grad_h, grad_c, *params):
+        spec, vjp_levels = specs
+        vjp = _transform_vjp(spec.config, spec.param_names, spec.levels, vjp_levels)
+        cpu = spec.cpu
+        with _x64_scope(x.dtype in _WIDE):
+            cotangents = tuple(_jax_arg(g.contiguous(), cpu) for g in (grad_y, grad_h, grad_c))
+            d_params, d_x, d_h, d_c = vjp(*_transform_args(spec, x, h, c, is_init, params), *cotangents)
+            out = [d_x] + ([d_h, d_c] if h is not None else [])
+            out += [d_params[name] for name in spec.param_names]
+            return tuple(_torch_out(d, cpu) for d in out)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise NotImplementedError(
+            "bridge.LSTMModule supports first-order gradients only (no double backward)."
+        )
+
+    @staticmethod
+    def vmap(info, in_dims, specs, x, h, c, is_init, grad_y, grad_h, grad_c, *params):
+        spec, vjp_levels = specs
+        _, x_axis, h_axis, c_axis, init_axis, gy_axis, gh_axis, gc_axis, *param_axes = in_dims
+        level = (tuple(param_axes), x_axis, h_axis, c_axis, init_axis, gy_axis, gh_axis, gc_axis)
+        outputs = _TransformVJP.apply(
+            (spec, vjp_levels + (level,)), x, h, c, is_init, grad_y, grad_h, grad_c, *params
+        )
+        return outputs, (0,) * len(outputs)
 
 
 def _transform_args(spec: _TransformSpec, x, h, c, is_init, params) -> tuple:

@@ -324,7 +324,7 @@ def test_tensordict_to_module_swaps_parameters_with_gradients():
         grads[name] = (out, params.grad)
     assert_outputs_close(grads["theirs"][0], grads["ours"][0])
     for key, want in grads["theirs"][1].items(include_nested=True, leaves_only=True):
-        np.testing.assert_allclose(grads["ours"][1][key].numpy(), want.numpy(), atol=1e-5)
+        np.testing.assert_allclose(grads["ours"][1][key].detach(), want.detach(), atol=1e-5)
 
 
 # ------------------------------------------------------------ error parity
@@ -482,3 +482,41 @@ def test_narrowing_can_be_refused_and_float64_is_never_narrowed():
         bridge.tensordict_to_pytree(td)
     with pytest.raises(TypeError, match="'count'.*x64"):
         bridge.tensordict_to_pytree(td.exclude("x"), narrow_int64=False)
+
+
+# ------------------------------------------------------------- torch.func
+
+
+def _functional_loss(module, params, obs):
+    td = TensorDict(
+        {
+            "obs": obs,
+            "rs_h": torch.ones(*obs.shape[:-1], 2, HIDDEN),
+            "rs_c": torch.ones(*obs.shape[:-1], 2, HIDDEN),
+            "is_init": torch.zeros(*obs.shape[:-1], 1, dtype=torch.bool),
+        },
+        batch_size=obs.shape[:-1],
+    )
+    return torch.func.functional_call(module, params, (td,))["out"].square().sum()
+
+
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_torch_func_grad_and_per_sample_gradients_match_torchrl(recurrent):
+    theirs, ours = make_pair(python_based=True)
+    obs = torch.randn(4, 6, INPUT_SIZE)
+    grads = {}
+    with set_recurrent_mode(recurrent):
+        for name, module in (("theirs", theirs), ("ours", ours)):
+            params = dict(module.named_parameters())
+            loss = torch.func.grad(lambda p, x, m=module: _functional_loss(m, p, x))
+            whole = loss(params, obs)
+            per_sample = torch.vmap(loss, (None, 0))(params, obs)
+            grads[name] = whole, per_sample
+    for key, want in grads["theirs"][0].items():
+        np.testing.assert_allclose(grads["ours"][0][key].detach(), want.detach(), atol=1e-5)
+    for key, want in grads["theirs"][1].items():
+        assert grads["ours"][1][key].shape == (4, *want.shape[1:])
+        np.testing.assert_allclose(grads["ours"][1][key].detach(), want.detach(), atol=1e-5)
+    # Per-sample gradients sum to the batch gradient (the loss is a sum).
+    for key, whole in grads["ours"][0].items():
+        np.testing.assert_allclose(grads["ours"][1][key].sum(0).detach(), whole.detach(), atol=1e-5)
