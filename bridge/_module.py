@@ -673,7 +673,12 @@ class LSTMModule(TensorDictModuleBase):
             if not batch_first:
                 raise ValueError("The input lstm must have batch_first=True.")
             if not hidden_size:
-                raise ValueError("hidden_size must be passed.")
+                # torchrl's message, plus the value when one was given.
+                got = "" if hidden_size is None else f" Got hidden_size={hidden_size!r}."
+                raise ValueError(f"hidden_size must be passed.{got}")
+            if hidden_size < 0:
+                # torch.nn.LSTM's message, plus the value.
+                raise ValueError(f"hidden_size must be greater than zero. Got {hidden_size}.")
             if python_based and bidirectional:
                 raise ValueError("python_based=True does not support bidirectional LSTMs.")
         if proj_size:

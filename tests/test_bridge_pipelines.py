@@ -393,10 +393,10 @@ def test_recurrent_mode_with_no_time_steps_is_a_value_error_naming_the_key(state
 
 
 @pytest.mark.parametrize("hidden_size, message", [(0, "must be passed"), (-4, "greater than zero")])
-def test_bad_hidden_size_is_torchrls_value_error(hidden_size, message):
+def test_bad_hidden_size_is_torchrls_value_error_with_the_value(hidden_size, message):
     with pytest.raises(ValueError, match=message):
         TorchRLLSTMModule(INPUT_SIZE, hidden_size, in_key="x", out_key="y")
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=rf"{message}\. Got .*{hidden_size}"):
         LSTMModule(INPUT_SIZE, hidden_size, in_key="x", out_key="y")
 
 
