@@ -8,6 +8,7 @@ around ``jax.vjp`` makes it differentiable.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import sys
@@ -244,18 +245,11 @@ def _share_param(tensor: torch.Tensor) -> jax.Array:
 
 
 def _x64_scope(needed: bool) -> Any:
-    return jax.enable_x64(True) if needed and not jax.config.jax_enable_x64 else _NO_SCOPE
+    if needed and not jax.config.jax_enable_x64:
+        return jax.enable_x64(True)
+    return contextlib.nullcontext()
 
 
-class _NoScope:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
-_NO_SCOPE = _NoScope()
 _WIDE = (torch.float64, torch.complex128)
 
 
@@ -281,7 +275,6 @@ def _x64_scope_for_tensors(fn: Callable) -> Callable:
             return fn(*args)
 
     return wrapper
-
 
 
 class _LSTMFunction(torch.autograd.Function):
@@ -483,7 +476,9 @@ class _TransformVJP(torch.autograd.Function):
         cpu = spec.cpu
         with _x64_scope(x.dtype in _WIDE):
             cotangents = tuple(_jax_arg(g.contiguous(), cpu) for g in (grad_y, grad_h, grad_c))
-            d_params, d_x, d_h, d_c = vjp(*_transform_args(spec, x, h, c, is_init, params), *cotangents)
+            d_params, d_x, d_h, d_c = vjp(
+                *_transform_args(spec, x, h, c, is_init, params), *cotangents
+            )
             out = [d_x] + ([d_h, d_c] if h is not None else [])
             out += [d_params[name] for name in spec.param_names]
             return tuple(_torch_out(d, cpu) for d in out)

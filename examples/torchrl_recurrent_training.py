@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -81,7 +82,7 @@ class CueRecall(gym.Env):
     blank steps. Actions: ``0`` or ``1``; only the query step's action counts.
     """
 
-    metadata: dict = {}
+    metadata: ClassVar[dict] = {}
 
     def __init__(self, delay: int = 3):
         self.delay = delay
@@ -229,8 +230,7 @@ def train(config: Config, log=print) -> dict[str, float]:
         collector.shutdown()
     after = success_rate(policy, config)
     log(
-        f"greedy success after {frames:,} frames ({time.perf_counter() - start:.0f} s): "
-        f"{after:.2f}"
+        f"greedy success after {frames:,} frames ({time.perf_counter() - start:.0f} s): {after:.2f}"
     )
     return {"before": before, "after": after, "frames": float(frames)}
 

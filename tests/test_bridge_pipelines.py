@@ -98,7 +98,9 @@ def test_canonicalize_matches_torchrl(inplace):
         assert out["reward"] is before["reward"] and not out["reward"].is_contiguous()
         if not inplace:
             assert td["obs"] is before["obs"] and td["rs_h"] is before["rs_h"]
-        results[name] = {key: (out[key].stride(), out[key] is base[key]) for key in td.keys()}
+        # (keys(): iterating a TensorDict walks its batch dim)
+        layout = {key: (out[key].stride(), out[key] is base[key]) for key in td.keys()}  # noqa: SIM118
+        results[name] = layout
     assert results["ours"] == results["theirs"]
 
 
@@ -108,7 +110,7 @@ def test_canonicalize_skips_missing_keys_and_returns_data_when_nothing_to_do():
     assert ours.canonicalize(td) is td
     td = make_td((3,), states=False)
     out = ours.canonicalize(td)
-    assert "rs_h" not in out.keys() and torch.equal(out["obs"], td["obs"])
+    assert "rs_h" not in out.keys() and torch.equal(out["obs"], td["obs"])  # noqa: SIM118
 
 
 def test_torchrl_canonicalize_rnn_subset_reads_our_canonical_keys():
@@ -217,7 +219,7 @@ def test_vmap_over_parameters_with_gradients_matches_torchrl(recurrent):
 def test_nested_vmap_over_parameters_and_inputs_matches_torchrl():
     theirs, ours = make_pair(python_based=True)
     stacked = TensorDict.from_module(theirs).expand(2)
-    stacked = stacked.apply(lambda t: (t * torch.tensor([0.5, 1.5]).view(2, *[1] * (t.ndim - 1))))
+    stacked = stacked.apply(lambda t: t * torch.tensor([0.5, 1.5]).view(2, *[1] * (t.ndim - 1)))
     td = make_td((4, 3))
 
     def run(module):

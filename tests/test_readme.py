@@ -29,7 +29,7 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
     for match in _BLOCK.finditer(text):
         indent = match.group(1)
         lines = match.group(2).splitlines()
-        source = "\n".join(line[len(indent) :] if line.startswith(indent) else line for line in lines)
+        source = "\n".join(line.removeprefix(indent) for line in lines)
         blocks.append((text.count("\n", 0, match.start()) + 1, source + "\n"))
     return blocks
 
