@@ -4,7 +4,8 @@
 keys, outputs, ``state_dict`` and gradients) and computes with ``jaxlstm``.
 The conversion helpers move tensors and TensorDicts to and from JAX, sharing
 memory through DLPack where possible (see ``bridge._convert`` for the aliasing
-rules).
+rules). ``DtypeError`` (a ``TypeError`` and a ``ValueError``) is raised for
+inputs whose dtype does not match.
 
 Imports torch, tensordict and jaxlstm; never torchrl (``make_tensordict_primer``
 imports it when called).

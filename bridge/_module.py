@@ -538,6 +538,12 @@ class LSTMModule(TensorDictModuleBase):
       (torchrl's layout), or, with ``full_hidden_states=True``, the state after
       every step.
 
+    Pipelines: under ``torch.compile`` the forward is a graph break (the LSTM
+    runs as its own XLA program); ``torch.vmap`` (over inputs or parameters)
+    and ``torch.func.grad`` map onto ``jax.vmap`` / ``jax.vjp`` through the
+    autograd Function's vmap rule; float64 parameters enable JAX's x64 mode
+    for this module's computation only.
+
     Devices: the computation runs where the parameters are. CPU tensors are
     handed to XLA through numpy views (the fastest route for small steps);
     GPU tensors go through DLPack and stay on the device. When torch and JAX

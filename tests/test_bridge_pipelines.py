@@ -264,6 +264,42 @@ def test_float64_matches_torchrl_at_1e_10_without_global_x64(recurrent):
         assert_outputs_close(theirs32(td32.clone()), ours32(td32.clone()))
 
 
+@pytest.mark.parametrize("shifted", [False, True])
+def test_recurrent_gae_in_float64_matches_torchrl(shifted):
+    """torchrl's GAE with a recurrent value network, in float64 (as torchrl's own tests)."""
+    from torchrl.objectives.value import GAE
+
+    # shifted=False runs the value network under torch.vmap: torchrl needs scan there.
+    theirs, ours = make_pair(dtype=torch.float64, python_based=True, recurrent_backend="scan")
+    torch.manual_seed(3)
+    head = torch.nn.Linear(HIDDEN, 1).double()
+    td = make_td((3, 8), dtype=torch.float64)
+    gen = torch.Generator().manual_seed(4)
+    td["next", "obs"] = torch.randn(3, 8, INPUT_SIZE, generator=gen, dtype=torch.float64)
+    td["next", "rs_h"] = torch.randn(3, 8, 2, HIDDEN, generator=gen, dtype=torch.float64)
+    td["next", "rs_c"] = torch.randn(3, 8, 2, HIDDEN, generator=gen, dtype=torch.float64)
+    td["next", "reward"] = torch.randn(3, 8, 1, generator=gen, dtype=torch.float64)
+    done = torch.zeros(3, 8, 1, dtype=torch.bool)
+    done[:, 2] = True
+    td["is_init"] = torch.zeros(3, 8, 1, dtype=torch.bool)
+    td["is_init"][:, 0] = td["is_init"][:, 3] = True
+    td["next", "done"] = td["next", "terminated"] = done
+    td["next", "is_init"] = torch.zeros(3, 8, 1, dtype=torch.bool)
+    advantages = []
+    for lstm in (theirs, ours):
+        value_net = TensorDictSequential(
+            lstm, TensorDictModule(head, in_keys=["out"], out_keys=["state_value"])
+        )
+        gae = GAE(gamma=0.9, lmbda=0.95, value_network=value_net, shifted=shifted)
+        with set_recurrent_mode(True):
+            advantages.append(gae(td.clone())["advantage"])
+    assert advantages[1].dtype == torch.float64
+    np.testing.assert_allclose(
+        advantages[1].detach().numpy(), advantages[0].detach().numpy(), atol=1e-10, rtol=0
+    )
+    assert not jax.config.jax_enable_x64
+
+
 # ------------------------------------------------- copies and parameter swaps
 
 
