@@ -19,7 +19,7 @@ import torch
 
 __all__ = ["TimeBuckets", "pad_time", "resolve_time_buckets", "time_bucket"]
 
-TimeBuckets = Union[str, None, Callable[[int], int]]
+TimeBuckets = Union[str, None, Callable[[int], int]]  # noqa: UP007 (a runtime alias)
 
 
 def time_bucket(steps: int) -> int:

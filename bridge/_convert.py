@@ -161,7 +161,9 @@ def jax_to_torch(array: jax.Array) -> torch.Tensor:
     return torch.from_dlpack(array)
 
 
-def tensordict_to_pytree(td: TensorDictBase, *, copy: bool = False) -> dict[str, Any]:
+def tensordict_to_pytree(
+    td: TensorDictBase, *, copy: bool = False, narrow_int64: bool = True
+) -> dict[str, Any]:
     """Converts a TensorDict into a nested dict of ``jax.Array`` leaves.
 
     Nested TensorDicts become nested dicts, so ``td["next", "obs"]`` is
@@ -170,16 +172,28 @@ def tensordict_to_pytree(td: TensorDictBase, *, copy: bool = False) -> dict[str,
     this implies), copied otherwise, with its dtype kept. The batch size is not
     stored: pass it back to ``pytree_to_tensordict``.
 
+    Integer leaves of 64 bits (torchrl collectors write ``int64`` step counts,
+    trajectory ids and discrete actions) are narrowed when JAX's x64 mode is
+    off, but only after checking that every value fits: ``int64`` becomes
+    ``int32`` and ``uint64`` ``uint32``, as copies with equal values. A value
+    that does not fit raises, naming the key. ``pytree_to_tensordict(...,
+    dtypes=td)`` restores the original dtypes. Float64 and complex128 leaves
+    are never narrowed (that would change values): they raise without x64.
+
     Args:
       td: a TensorDict (or any TensorDictBase) of dense tensors ``[*batch, ...]``.
       copy: copy every leaf.
+      narrow_int64: narrow 64-bit integer leaves whose values fit in 32 bits
+        (default). False: they raise unless x64 is on, as in ``torch_to_jax``.
 
     Returns:
       ``{key: jax.Array | dict}`` with the tensordict's keys.
 
     Raises:
       TypeError: a leaf that does not convert (non-tensor data, a dtype JAX
-        lacks, 64-bit without x64); the message names its key.
+        lacks, float64/complex128 without x64); the message names its key.
+      OverflowError: a 64-bit integer leaf holding a value outside the 32-bit
+        range, without x64; the message names the key and the offending range.
     """
     if not isinstance(td, TensorDictBase):
         raise TypeError(f"expected a TensorDict. Got {type(td).__name__}.")
@@ -193,12 +207,37 @@ def tensordict_to_pytree(td: TensorDictBase, *, copy: bool = False) -> dict[str,
             try:
                 if not isinstance(value, torch.Tensor):
                     raise TypeError(f"only tensor leaves convert. Got {type(value).__name__}.")
+                if narrow_int64 and value.dtype in _NARROWER and not _x64_enabled():
+                    value = _narrow(value, _key_name(prefix + (key,)))
                 out[key] = torch_to_jax(value, copy=copy)
             except (TypeError, ValueError) as err:
                 raise type(err)(f"key {_key_name(prefix + (key,))}: {err}") from None
         return out
 
     return convert(td, ())
+
+
+# 64-bit integer dtypes -> the 32-bit dtype they are narrowed to (when every value fits).
+_NARROWER = {torch.int64: torch.int32, torch.uint64: torch.uint32}
+
+
+def _narrow(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    narrow = _NARROWER[tensor.dtype]
+    # torch has few uint64 kernels; its bits read as int64 show every value
+    # >= 2**63 as negative, which the range check below then rejects too.
+    values = tensor.detach().view(torch.int64)
+    if values.numel():
+        info = torch.iinfo(narrow)
+        low, high = int(values.min()), int(values.max())
+        if low < info.min or high > info.max:
+            shown = f"[{low}, {high}]" if tensor.dtype == torch.int64 else "values >= 2**32"
+            raise OverflowError(
+                f"key {name}: {tensor.dtype} values must fit in {narrow} "
+                f"([{info.min}, {info.max}]) to be narrowed while JAX's x64 mode is off. "
+                f"Got {shown}. Enable x64 (jax.config.update('jax_enable_x64', True)) "
+                "to keep 64 bits."
+            )
+    return values.to(narrow)
 
 
 def _key_name(key: tuple[str, ...]) -> str:
@@ -222,6 +261,8 @@ def pytree_to_tensordict(
     tree: Mapping[str, Any],
     batch_size: Any,
     device: Any = None,
+    *,
+    dtypes: TensorDictBase | Mapping[Any, torch.dtype] | None = None,
 ) -> TensorDict:
     """Converts a nested dict of arrays into a TensorDict (the inverse of ``tensordict_to_pytree``).
 
@@ -233,15 +274,22 @@ def pytree_to_tensordict(
       batch_size: the TensorDict's batch size, e.g. ``[B, T]``.
       device: the TensorDict's device; None keeps each leaf where it is (a leaf
         on another device is copied there).
+      dtypes: the dtypes to give the leaves back, e.g. the TensorDict the tree
+        came from (its leaves' dtypes are used), or ``{key: torch.dtype}`` with
+        nested keys as tuples (``("collector", "traj_ids")``). A leaf whose
+        dtype differs is cast (a copy); keys the tree lacks are ignored. This
+        undoes the int64 -> int32 narrowing of ``tensordict_to_pytree``.
 
     Returns:
       A TensorDict whose nested keys mirror ``tree``.
 
     Raises:
-      TypeError: a leaf that is not an array (the message names its key).
+      TypeError: a leaf that is not an array (the message names its key), or
+        ``dtypes`` that is neither a TensorDict nor a mapping of dtypes.
       RuntimeError: from TensorDict, for leaves whose leading dims differ from
         ``batch_size``.
     """
+    wanted = _dtype_map(dtypes)
 
     def convert(node: Mapping[str, Any], prefix: tuple[str, ...]) -> dict[str, Any]:
         out = {}
@@ -250,9 +298,33 @@ def pytree_to_tensordict(
                 out[key] = convert(value, prefix + (key,))
                 continue
             try:
-                out[key] = _leaf_to_torch(value)
+                leaf = _leaf_to_torch(value)
             except TypeError as err:
                 raise TypeError(f"key {_key_name(prefix + (key,))}: {err}") from None
+            dtype = wanted.get(prefix + (key,))
+            out[key] = leaf if dtype is None or dtype == leaf.dtype else leaf.to(dtype)
         return out
 
     return TensorDict(convert(tree, ()), batch_size=batch_size, device=device)
+
+
+def _dtype_map(dtypes: Any) -> dict[tuple[str, ...], torch.dtype]:
+    """``{nested key as a tuple: dtype}`` from a TensorDict or a mapping of dtypes."""
+    if dtypes is None:
+        return {}
+    if isinstance(dtypes, TensorDictBase):
+        items = dtypes.items(include_nested=True, leaves_only=True)
+        pairs = [(key, value.dtype) for key, value in items if isinstance(value, torch.Tensor)]
+    elif isinstance(dtypes, Mapping):
+        pairs = list(dtypes.items())
+    else:
+        raise TypeError(
+            f"dtypes must be a TensorDict or a mapping {{key: torch.dtype}}. "
+            f"Got {type(dtypes).__name__}."
+        )
+    out = {}
+    for key, dtype in pairs:
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtypes[{key!r}] must be a torch.dtype. Got {dtype!r}.")
+        out[(key,) if isinstance(key, str) else tuple(key)] = dtype
+    return out

@@ -8,14 +8,13 @@ around ``jax.vjp`` makes it differentiable.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 from jax import lax
@@ -25,10 +24,10 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 import jaxlstm
-from jaxlstm import LSTMState, lstm_scan
 
 from ._buckets import TimeBuckets, pad_time, padded_length, resolve_time_buckets
 from ._convert import torch_dtype_to_jax, torch_to_jax
+from ._errors import DtypeError
 from ._fork import check_not_forked
 from ._hotpath import jax_arg as _jax_arg
 from ._hotpath import torch_out as _torch_out
@@ -159,6 +158,47 @@ def _meta_outputs(programs, names, tensors, x, h, c, is_init):
     return tuple(torch.empty(s.shape, dtype=x.dtype, device="meta") for s in shapes)
 
 
+# --------------------------------------------------------------------------
+# Scoped float64. JAX has 64-bit types only with x64 enabled; instead of asking
+# users to flip that process-wide, a float64 module enables it for its own
+# computation (jax.enable_x64 is a thread-local context manager, and x64 is
+# part of jit's cache key, so float32 programs are untouched).
+# --------------------------------------------------------------------------
+
+
+def _x64_scope(needed: bool) -> Any:
+    if needed and not jax.config.jax_enable_x64:
+        return jax.enable_x64(True)
+    return contextlib.nullcontext()
+
+
+_WIDE = (torch.float64, torch.complex128)
+
+
+def _x64_scope_for_module(forward: Callable) -> Callable:
+    """Runs ``forward`` with JAX's x64 enabled when the LSTM's parameters are float64."""
+
+    @functools.wraps(forward)
+    def wrapper(self, tensordict, *args, **kwargs):
+        weight = getattr(self.lstm, self._param_names[0])
+        with _x64_scope(weight.dtype in _WIDE):
+            return forward(self, tensordict, *args, **kwargs)
+
+    return wrapper
+
+
+def _x64_scope_for_tensors(fn: Callable) -> Callable:
+    """Runs ``fn`` with JAX's x64 enabled when one of its tensor arguments is float64."""
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        wide = any(isinstance(a, torch.Tensor) and a.dtype in _WIDE for a in args)
+        with _x64_scope(wide):
+            return fn(*args)
+
+    return wrapper
+
+
 class _LSTMFunction(torch.autograd.Function):
     """The compiled LSTM as a torch op; its backward is the JAX pullback.
 
@@ -192,6 +232,7 @@ class _LSTMFunction(torch.autograd.Function):
         return _torch_out(y, cpu), _torch_out(h_out, cpu), _torch_out(c_out, cpu)
 
     @staticmethod
+    @_x64_scope_for_tensors
     @once_differentiable
     def backward(ctx, grad_y, grad_h, grad_c):
         _ = ctx.saved_tensors  # raises if an input was modified in place since forward
@@ -224,6 +265,180 @@ class _Call(NamedTuple):
     param_names: tuple[str, ...]
 
 
+# --------------------------------------------------------------------------
+# torch.compile: dynamo cannot trace into JAX (DLPack capsules, numpy views of
+# XLA buffers), so the module's forward is a graph break. Compiled code around
+# it (heads, losses) stays compiled; the LSTM runs as its own XLA program.
+# --------------------------------------------------------------------------
+
+_graph_break = torch.compiler.disable
+
+
+# --------------------------------------------------------------------------
+# torch.func transforms (torch.vmap over inputs or parameters, torch.func.grad).
+# Under a transform the tensors are functorch wrappers without memory of their
+# own, so they cannot be shared with JAX. _TransformFunction is an autograd
+# Function in the setup_context style that functorch accepts; its vmap rule does
+# not loop: it records the vmapped dims of each input and re-applies itself to
+# the underlying tensors, and the JAX program is wrapped in one jax.vmap per
+# recorded level, so the vmapped dims become batch dims of one XLA computation.
+# --------------------------------------------------------------------------
+
+
+class _TransformSpec(NamedTuple):
+    """Static description of one call through _TransformFunction (hashable)."""
+
+    config: _Config
+    param_names: tuple[str, ...]
+    seed: Any  # np.uint32 | None: the dropout seed, shared by all vmapped rows
+    cpu: bool
+    # One entry per torch.vmap level, innermost first:
+    # ((axis of each parameter), x axis, h axis, c axis, is_init axis), None for unmapped.
+    levels: tuple = ()
+
+
+def _under_functorch(*tensors: torch.Tensor | None) -> bool:
+    return any(
+        t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors
+    )
+
+
+def _vmapped(fn: Callable, param_names: tuple[str, ...], levels: tuple) -> Callable:
+    """``fn(params, x, h, c, is_init, seed, *rest)`` under one ``jax.vmap`` per level.
+
+    A level is ``(param axes, x, h, c, is_init axes, *axes of rest)``; the first
+    level is the innermost vmap. Outputs are batched on axis 0 at every level.
+    """
+    for param_axes, *axes in levels:
+        in_axes = (dict(zip(param_names, param_axes)), *axes[:4], None, *axes[4:])
+        fn = jax.vmap(fn, in_axes=in_axes)
+    return fn
+
+
+@functools.cache
+def _transform_forward(config: _Config, param_names: tuple[str, ...], levels: tuple) -> Callable:
+    apply = functools.partial(_lstm_apply, config=config)
+    return jax.jit(_vmapped(apply, param_names, levels))
+
+
+@functools.cache
+def _transform_vjp(
+    config: _Config, param_names: tuple[str, ...], levels: tuple, vjp_levels: tuple
+) -> Callable:
+    """The pullback of ``_transform_forward(levels)``, itself vmapped over ``vjp_levels``.
+
+    ``vjp_levels`` appear when the backward pass runs under vmap (per-sample
+    gradients: ``torch.vmap(torch.func.grad(f))``).
+    """
+    apply = _vmapped(functools.partial(_lstm_apply, config=config), param_names, levels)
+
+    def vjp(params, x, h, c, is_init, seed, grad_y, grad_h, grad_c):
+        _, pullback = jax.vjp(lambda p, x, h, c: apply(p, x, h, c, is_init, seed), params, x, h, c)
+        return pullback((grad_y, grad_h, grad_c))
+
+    return jax.jit(_vmapped(vjp, param_names, vjp_levels))
+
+
+class _TransformFunction(torch.autograd.Function):
+    """The LSTM as a torch op that torch.func transforms (vmap, grad) can see through.
+
+    Inputs: ``(spec, x, h, c, is_init, *params)`` with ``h``/``c`` possibly None.
+    The backward is another such op (``_TransformVJP``), which recomputes the
+    forward inside ``jax.vjp``, so that ``torch.func.grad`` and
+    ``torch.vmap(torch.func.grad(...))`` can see through it as well.
+    """
+
+    @staticmethod
+    def forward(spec: _TransformSpec, x, h, c, is_init, *params):
+        forward = _transform_forward(spec.config, spec.param_names, spec.levels)
+        with _x64_scope(x.dtype in _WIDE):
+            outputs = forward(*_transform_args(spec, x, h, c, is_init, params))
+            return tuple(_torch_out(a, spec.cpu) for a in outputs)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        spec, x, h, c, is_init, *params = inputs
+        ctx.spec = spec
+        ctx.has_state = h is not None
+        ctx.save_for_backward(x, h, c, is_init, *params)
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_h, grad_c):
+        x, h, c, is_init, *params = ctx.saved_tensors
+        if not ctx.has_state:
+            h = c = None
+        grads = list(
+            _TransformVJP.apply((ctx.spec, ()), x, h, c, is_init, grad_y, grad_h, grad_c, *params)
+        )
+        d_x = grads.pop(0)
+        d_h, d_c = (grads.pop(0), grads.pop(0)) if ctx.has_state else (None, None)
+        return (None, d_x, d_h, d_c, None, *grads)
+
+    @staticmethod
+    def vmap(info, in_dims, spec: _TransformSpec, x, h, c, is_init, *params):
+        _, x_axis, h_axis, c_axis, init_axis, *param_axes = in_dims
+        level = (tuple(param_axes), x_axis, h_axis, c_axis, init_axis)
+        spec = spec._replace(levels=spec.levels + (level,))
+        outputs = _TransformFunction.apply(spec, x, h, c, is_init, *params)
+        return outputs, (0, 0, 0)
+
+
+class _TransformVJP(torch.autograd.Function):
+    """The backward of ``_TransformFunction``, as a torch op with its own vmap rule.
+
+    Inputs: ``((spec, vjp_levels), x, h, c, is_init, grad_y, grad_h, grad_c,
+    *params)``. Returns ``(d_x, d_h, d_c, *d_params)``, without ``d_h, d_c``
+    when the forward had no states. Not differentiable again.
+    """
+
+    @staticmethod
+    def forward(specs, x, h, c, is_init, grad_y, grad_h, grad_c, *params):
+        spec, vjp_levels = specs
+        vjp = _transform_vjp(spec.config, spec.param_names, spec.levels, vjp_levels)
+        cpu = spec.cpu
+        with _x64_scope(x.dtype in _WIDE):
+            cotangents = tuple(_jax_arg(g.contiguous(), cpu) for g in (grad_y, grad_h, grad_c))
+            d_params, d_x, d_h, d_c = vjp(
+                *_transform_args(spec, x, h, c, is_init, params), *cotangents
+            )
+            out = [d_x] + ([d_h, d_c] if h is not None else [])
+            out += [d_params[name] for name in spec.param_names]
+            return tuple(_torch_out(d, cpu) for d in out)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise NotImplementedError(
+            "bridge.LSTMModule supports first-order gradients only (no double backward)."
+        )
+
+    @staticmethod
+    def vmap(info, in_dims, specs, x, h, c, is_init, grad_y, grad_h, grad_c, *params):
+        spec, vjp_levels = specs
+        _, x_axis, h_axis, c_axis, init_axis, gy_axis, gh_axis, gc_axis, *param_axes = in_dims
+        level = (tuple(param_axes), x_axis, h_axis, c_axis, init_axis, gy_axis, gh_axis, gc_axis)
+        outputs = _TransformVJP.apply(
+            (spec, vjp_levels + (level,)), x, h, c, is_init, grad_y, grad_h, grad_c, *params
+        )
+        return outputs, (0,) * len(outputs)
+
+
+def _transform_args(spec: _TransformSpec, x, h, c, is_init, params) -> tuple:
+    cpu = spec.cpu
+    jax_params = {name: _jax_arg(p.contiguous(), cpu) for name, p in zip(spec.param_names, params)}
+    return (
+        jax_params,
+        _jax_arg(x, cpu),
+        _jax_arg(h, cpu),
+        _jax_arg(c, cpu),
+        _jax_arg(is_init, cpu),
+        spec.seed,
+    )
+
+
 class LSTMModule(TensorDictModuleBase):
     """torchrl's ``LSTMModule``, computed by JAX (``jaxlstm``).
 
@@ -244,6 +459,12 @@ class LSTMModule(TensorDictModuleBase):
       ``[*B, T, L, H]`` that are zero except at each trajectory's last step
       (torchrl's layout), or, with ``full_hidden_states=True``, the state after
       every step.
+
+    Pipelines: under ``torch.compile`` the forward is a graph break (the LSTM
+    runs as its own XLA program); ``torch.vmap`` (over inputs or parameters)
+    and ``torch.func.grad`` map onto ``jax.vmap`` / ``jax.vjp`` through the
+    autograd Function's vmap rule; float64 parameters enable JAX's x64 mode
+    for this module's computation only.
 
     Devices: the computation runs where the parameters are. CPU tensors are
     handed to XLA through numpy views (the fastest route for small steps);
@@ -384,7 +605,12 @@ class LSTMModule(TensorDictModuleBase):
             if not batch_first:
                 raise ValueError("The input lstm must have batch_first=True.")
             if not hidden_size:
-                raise ValueError("hidden_size must be passed.")
+                # torchrl's message, plus the value when one was given.
+                got = "" if hidden_size is None else f" Got hidden_size={hidden_size!r}."
+                raise ValueError(f"hidden_size must be passed.{got}")
+            if hidden_size < 0:
+                # torch.nn.LSTM's message, plus the value.
+                raise ValueError(f"hidden_size must be greater than zero. Got {hidden_size}.")
             if python_based and bidirectional:
                 raise ValueError("python_based=True does not support bidirectional LSTMs.")
         if proj_size:
@@ -483,8 +709,9 @@ class LSTMModule(TensorDictModuleBase):
     def set_recurrent_mode(self, mode: bool = True) -> LSTMModule:
         """Returns a copy in the given mode that shares this module's ``nn.LSTM``.
 
-        The behaviour of torchrl's documented ``set_recurrent_mode`` method
-        (removed from torchrl in 0.8): one set of parameters, used step by
+        The behaviour of the ``set_recurrent_mode`` method that torchrl's
+        documentation shows (torchrl 0.14.1's method raises a RuntimeError,
+        saying it was removed in v0.8): one set of parameters, used step by
         step in one policy and over sequences in another. The copy is ``self``
         when the mode does not change. torchrl's ``set_recurrent_mode`` context
         manager still overrides the copy's mode while it is active.
@@ -532,6 +759,42 @@ class LSTMModule(TensorDictModuleBase):
     def make_cudnn_based(self) -> LSTMModule:
         """Returns self: there is a single (JAX) implementation. For torchrl compatibility."""
         return self
+
+    # ------------------------------------------------ memory layout (torchrl 0.13+)
+
+    @property
+    def canonical_keys(self) -> list:
+        """The keys whose memory layout matters to this module: ``in_keys + out_keys``.
+
+        torchrl's API (read by ``torchrl.modules.canonicalize_rnn_subset``).
+        """
+        return [*self.in_keys, *self.out_keys]
+
+    def canonicalize(self, data: TensorDictBase, *, inplace: bool = False) -> TensorDictBase:
+        """Gives the leaves under ``canonical_keys`` a canonical (row-major) layout.
+
+        As torchrl's method: keys that ``data`` lacks are skipped, other leaves
+        are left as they are (no full-batch copy). The bridge does not need it
+        for correctness (non-contiguous inputs are copied on their way to JAX),
+        but a contiguous input is shared with XLA instead of copied.
+
+        Args:
+          data: a TensorDict.
+          inplace: write the canonical leaves into ``data`` and return it.
+            Default False: a shallow copy of ``data`` is returned and ``data``
+            is left untouched.
+
+        Returns:
+          ``data`` or its shallow copy, with the canonical leaves.
+        """
+        present = data.keys(include_nested=True)
+        keys = [key for key in self.canonical_keys if key in present]
+        if not keys:
+            return data
+        canonical = data.select(*keys).contiguous(canonical=True)
+        out = data if inplace else data.copy()
+        out.update(canonical)
+        return out
 
     # ------------------------------------------------------------ interop
 
@@ -743,7 +1006,8 @@ class LSTMModule(TensorDictModuleBase):
                 f"({detail}). Got {tuple(value.shape)}."
             )
         if value.dtype != weight.dtype:
-            raise TypeError(
+            # torchrl checks this as a ValueError; DtypeError is both.
+            raise DtypeError(
                 f"{value_key!r} has dtype {value.dtype} but the LSTM's parameters are "
                 f"{weight.dtype}."
             )
@@ -762,10 +1026,15 @@ class LSTMModule(TensorDictModuleBase):
                         f"{key!r} must have shape [*batch, num_layers, hidden_size]="
                         f"{state_shape}. Got {tuple(state.shape)}."
                     )
-                if state.dtype != value.dtype or state.device != value.device:
-                    raise TypeError(
-                        f"{key!r} must have the dtype and device of {value_key!r} "
-                        f"({value.dtype}, {value.device}). Got {state.dtype}, {state.device}."
+                if state.dtype != value.dtype:
+                    raise DtypeError(
+                        f"{key!r} must have the dtype of {value_key!r} ({value.dtype}). "
+                        f"Got {state.dtype}."
+                    )
+                if state.device != value.device:
+                    raise ValueError(
+                        f"{key!r} must be on the device of {value_key!r} ({value.device}). "
+                        f"Got {state.device}."
                     )
         if not isinstance(is_init, torch.Tensor):
             raise TypeError(f"{init_key!r} must be a tensor. Got {type(is_init).__name__}.")
@@ -775,12 +1044,20 @@ class LSTMModule(TensorDictModuleBase):
                 f"Got {tuple(is_init.shape)}."
             )
         if is_init.dtype != torch.bool:
-            if is_init.dtype.is_floating_point or is_init.dtype.is_complex:
-                raise TypeError(f"{init_key!r} must be bool (or integer 0/1). Got {is_init.dtype}.")
+            # torchrl accepts integer and float markers (its recurrent mode reads
+            # any non-zero value as a reset); so do we, in both modes.
             is_init = is_init != 0
+        if recurrent and shape[-1] == 0:
+            # torchrl fails here with an IndexError deep in its padding code.
+            raise ValueError(
+                f"{value_key!r} must hold at least one time step in recurrent mode (time is "
+                f"the last batch dim). Got batch size {shape}, T=0."
+            )
         return value, h, c, is_init
 
     @dispatch
+    @_graph_break
+    @_x64_scope_for_module
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Runs one step, or sequences in recurrent mode, and writes the out keys.
 
@@ -797,7 +1074,9 @@ class LSTMModule(TensorDictModuleBase):
             feature size is not ``input_size``; states not ``[*batch, L, H]``;
             an ``is_init`` of another shape. The messages name the key and give
             the expected and actual shapes.
-          TypeError: a value whose dtype differs from the parameters'.
+          DtypeError: (a ``TypeError`` and a ``ValueError``, as torchrl raises
+            ``ValueError``) a value whose dtype differs from the parameters', or
+            states whose dtype differs from the value's.
 
         On error nothing is written to ``tensordict``.
         """
@@ -831,6 +1110,11 @@ class LSTMModule(TensorDictModuleBase):
         if x.device.type == "meta":
             # No data: shapes only, as torch's own modules do on "meta".
             y, h_out, c_out = _meta_outputs(programs, self._param_names, tensors, x, h, c, is_init)
+        elif _under_functorch(x, h, c, is_init, *tensors):
+            # torch.vmap / torch.func: the tensors are functorch wrappers with no
+            # memory of their own; see _TransformFunction.
+            spec = _TransformSpec(config, self._param_names, seed, cpu, ())
+            y, h_out, c_out = _TransformFunction.apply(spec, x, h, c, is_init, *tensors)
         else:
             y, h_out, c_out = self._compute(
                 programs, tensors, x, h, c, is_init, seed, cpu, recurrent

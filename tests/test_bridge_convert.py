@@ -195,7 +195,7 @@ def test_tensordict_to_pytree_copy_copies_every_leaf():
 
 def test_tensordict_to_pytree_names_the_key_it_cannot_convert():
     td = _nested_td()
-    td["next", "deep", "steps"] = torch.zeros(4, 5, dtype=torch.int64)
+    td["next", "deep", "steps"] = torch.zeros(4, 5, dtype=torch.float64)
     with pytest.raises(TypeError, match=r"\('next', 'deep', 'steps'\).*x64"):
         bridge.tensordict_to_pytree(td)
     td = TensorDict({"label": NonTensorData("hi", batch_size=[2])}, [2])
