@@ -791,7 +791,11 @@ class LSTMModule(TensorDictModuleBase):
         keys = [key for key in self.canonical_keys if key in present]
         if not keys:
             return data
-        canonical = data.select(*keys).contiguous(canonical=True)
+        selected = data.select(*keys)
+        try:
+            canonical = selected.contiguous(canonical=True)
+        except TypeError:  # a tensordict release without the canonical flag
+            canonical = selected.contiguous()
         out = data if inplace else data.copy()
         out.update(canonical)
         return out

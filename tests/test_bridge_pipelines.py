@@ -164,6 +164,32 @@ def test_compiled_policy_matches_eager_torchrl_without_steady_state_recompiles(r
     assert any("torch.compiler.disable" in reason for reason in counters["graph_break"])
 
 
+def test_compiled_training_step_gives_torchrls_gradients():
+    torch._dynamo.reset()
+    theirs, ours = make_pair()
+    torch.manual_seed(2)
+    heads = {"theirs": torch.nn.Linear(HIDDEN, 1), "ours": torch.nn.Linear(HIDDEN, 1)}
+    heads["ours"].load_state_dict(heads["theirs"].state_dict())
+
+    def loss_fn(lstm, head):
+        def loss(td):
+            return head(lstm(td)["out"]).square().mean()
+
+        return loss
+
+    eager = loss_fn(theirs, heads["theirs"])
+    compiled = torch.compile(loss_fn(ours, heads["ours"]))
+    td = make_td((3, 6))
+    with set_recurrent_mode(True):
+        eager(td.clone()).backward()
+        compiled(td.clone()).backward()
+    for (name, want), (_, got) in zip(theirs.named_parameters(), ours.named_parameters()):
+        np.testing.assert_allclose(got.grad.numpy(), want.grad.numpy(), atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(
+        heads["ours"].weight.grad.numpy(), heads["theirs"].weight.grad.numpy(), atol=1e-5
+    )
+
+
 # ------------------------------------------------------------------ vmap
 
 
