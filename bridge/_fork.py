@@ -61,7 +61,7 @@ def check_not_forked(what: str) -> None:
             "method 'fork') from a process whose JAX runtime had already started, and "
             "JAX's runtime threads do not survive fork(); the computation would hang. "
             "Start worker processes with 'spawn' or 'forkserver' instead, e.g. "
-            "multiprocessing.set_start_method('spawn') or "
-            "multiprocessing.get_context('spawn'), and mp_start_method='spawn' for "
-            "torchrl collectors (torchrl's own default is 'spawn')."
+            "multiprocessing.set_start_method('spawn', force=True) or "
+            "multiprocessing.get_context('spawn'); torchrl's collectors use 'spawn' "
+            "unless a global start method was set."
         )

@@ -8,10 +8,10 @@ LSTM is ``bridge.LSTMModule`` (computed by JAX) instead of torchrl's
   environment with a copy of the exploration policy in step mode; after every
   optimisation phase ``collector.update_policy_weights_()`` sends the new
   weights (and the annealed epsilon) to the workers. Workers start with
-  torchrl's default start method, ``spawn``. With ``fork`` the workers hung
-  in our test: the parent has already run JAX (the collector runs the policy
-  once to read its output specs), and XLA's thread pools do not survive a
-  fork, so a forked worker can block on its first JAX call.
+  torchrl's default start method, ``spawn``. ``fork`` cannot work: the parent
+  has already run JAX (the collector runs the policy once to read its output
+  specs), and XLA's thread pools do not survive a fork, so a forked worker
+  raises the bridge's RuntimeError on its first call instead of hanging.
 * a ``ReplayBuffer`` whose ``SliceSampler`` cuts whole-episode slices
   ``[B, T]`` out of the flat storage, using the collector's trajectory ids;
 * ``DQNLoss`` (double DQN off, TD(0) targets) evaluated in recurrent mode
