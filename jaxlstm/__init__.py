@@ -11,4 +11,9 @@ from ._params import params_to_torch_state_dict as params_to_torch_state_dict
 from ._scan import lstm_scan as lstm_scan
 from ._state import LSTMState as LSTMState
 
+# Training helpers: R2D2 burn-in and truncated-BPTT chunks.
+from ._training import Chunks as Chunks
+from ._training import lstm_burn_in as lstm_burn_in
+from ._training import split_chunks as split_chunks
+
 __version__ = "0.1.0"
