@@ -257,6 +257,33 @@ def measure(config: Any, devices: int, seeds: int, length: int, repeats: int) ->
     return out
 
 
+def run_point(devices: int, seeds: int, quick: bool, repeats: int, timeout: float) -> dict:
+    """Measures one point in a fresh process with exactly ``devices`` forced CPU devices.
+
+    A process per point keeps one point's compiled programs and threads out of the next,
+    and a point that hangs (forced host devices share the cores, and XLA:CPU collectives
+    wait for every device's thread) is recorded as an error instead of stopping the run.
+    """
+    env = dict(os.environ)
+    if jax.default_backend() == "cpu":
+        flags = [f for f in env.get("XLA_FLAGS", "").split()
+                 if not f.startswith("--xla_force_host_platform_device_count")]
+        env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
+    cmd = [sys.executable, "-m", "benchmarks.throughput", "--point", str(devices), str(seeds),
+           "--repeats", str(repeats)] + (["--quick"] if quick else [])
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"devices": devices, "seeds": seeds, "error": f"no result in {timeout:.0f} s"}
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("POINT")), None)
+    if proc.returncode or line is None:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+        return {"devices": devices, "seeds": seeds,
+                "error": f"exit {proc.returncode}: {' | '.join(tail)}"}
+    return json.loads(line[len("POINT"):])
+
+
 def machine() -> dict[str, str]:
     def run(cmd: list[str]) -> str:
         try:
@@ -285,10 +312,14 @@ def write_markdown(results: dict, path: Path) -> None:
         lines.append(f"| {r['devices']} | {r['seeds']} | {r['jaxlstm']['steps_per_s']:,.0f} | "
                      f"{r['purejaxrl']['steps_per_s']:,.0f} | {r['ratio']:.2f}x | "
                      f"{spread:.2f} |")
+    for r in results["failed"]:
+        lines.append(f"| {r['devices']} | {r['seeds']} | - | - | - | {r['error']} |")
     ratios = [r["ratio"] for r in results["points"]]
     met = sum(r >= 1.0 for r in ratios)
-    lines += ["", f"Target ratio >= 1.0: met at {met} of {len(ratios)} points "
-                  f"(ratios {min(ratios):.2f}-{max(ratios):.2f})."]
+    lines += ["", f"Target ratio >= 1.0: met at {met} of {len(ratios)} measured points"
+                  + (f" (ratios {min(ratios):.2f}-{max(ratios):.2f})" if ratios else "")
+                  + (f"; {len(results['failed'])} point(s) gave no result" if results["failed"]
+                     else "") + "."]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -304,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per trainer")
     parser.add_argument("--name", default=None, help="results file stem (default throughput_cpu)")
     parser.add_argument("--out-dir", default=str(RESULTS), help="where the results go")
+    parser.add_argument("--point-timeout", type=float, default=900.0,
+                        help="seconds before a point's process is given up (default 900)")
+    parser.add_argument("--point", type=int, nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         config = ppo.Config(memory_length=3, num_envs=8, num_minibatches=2, hidden_size=8,
@@ -314,16 +348,24 @@ def main(argv: list[str] | None = None) -> int:
         # seed keep 18 compiled points within minutes on a 2-core CPU.
         config = ppo.Config(memory_length=10, num_envs=16, total_steps=1_000_000)
         grid, repeats, length = [(d, k) for d in [1, 2, 4] for k in [1, 4, 16]], 3, 2
-    if args.devices or args.seeds:
+    if args.devices or args.seeds:  # a sub-grid
         grid = [(d, k) for d in (args.devices or sorted({d for d, _ in grid}))
                 for k in (args.seeds or sorted({k for _, k in grid}))]
     repeats = args.repeats or repeats
+    if args.point:  # one point, in this process: print its figures as one JSON line
+        print("POINT" + json.dumps(measure(config, *args.point, length, repeats)), flush=True)
+        return 0
     name = args.name or ("throughput_smoke" if args.quick else "throughput_cpu")
     uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"uptime: {uptime_before}", flush=True)
     points = []
+    failed = []
     for d, k in grid:
-        point = measure(config, d, k, length, repeats)
+        point = run_point(d, k, args.quick, repeats, args.point_timeout)
+        if "error" in point:
+            failed.append(point)
+            print(f"devices={d} seeds={k:>2}: {point['error']}", flush=True)
+            continue
         points.append(point)
         print(f"devices={d} seeds={k:>2}: jaxlstm {point['jaxlstm']['steps_per_s']:>9,.0f} "
               f"steps/s, purejaxrl {point['purejaxrl']['steps_per_s']:>9,.0f} steps/s, "
@@ -339,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{config.num_envs} envs x {config.num_steps} steps per seed per update, "
                         f"LSTM H={config.hidden_size}, {config.update_epochs} epochs x "
                         f"{config.num_minibatches} minibatches"),
-        "length": length, "repeats": repeats, "points": points,
+        "length": length, "repeats": repeats, "points": points, "failed": failed,
     }
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,9 @@ stored states is checked against torchrl's own ``LSTMModule`` in recurrent mode.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -204,3 +207,14 @@ def test_split_chunks_rejects_bad_arguments():
         jaxlstm.split_chunks({"obs": x[:, :-1]}, is_init, states, 3)
     with pytest.raises(ValueError, match=r"states must have shape \[\*B, T, L, H\]"):
         jaxlstm.split_chunks(x, is_init, state, 3)
+
+
+def test_readme_scaling_snippets_run():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Scaling\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert blocks, "the Scaling section has no Python snippet"
+    for block in blocks:
+        namespace: dict = {}
+        exec(compile(block, "README.md (Scaling)", "exec"), namespace)
+        assert namespace["y_chunks"].shape == (4, 5, 8, 16)
