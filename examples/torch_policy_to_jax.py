@@ -24,10 +24,16 @@ What it does, top to bottom:
    mode), states after every step, and the policy's actions, within 1e-5; then continues
    in JAX: fits a critic (the loaded LSTM plus a new linear value head) to the rollout's
    discounted returns with a few ``jax.jit``-compiled optax steps, and shows the loss going
-   down.
+   down. Saves the fine-tuned weights: the policy's state dict with the LSTM replaced, in
+   torch's names (``finetuned_policy_state_dict.npz``), and the new value head
+   (``value_head.npz``).
+
+3. **back to torch** (``--stage all`` only): loads the fine-tuned ``.npz`` into a fresh
+   torchrl policy with ``load_state_dict`` (strict), checks it reproduces the JAX LSTM, and
+   saves ``torch.save(policy.state_dict())`` as ``finetuned_policy_state_dict.pt``.
 
 Stages: ``--stage torch`` (export only), ``--stage jax`` (load and continue; run it where torch
-is not installed), ``--stage all`` (default).
+is not installed, after the torch stage), ``--stage all`` (default: 1, 2 and 3).
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ import jaxlstm
 PARITY_ATOL = 1e-5
 STATE_DICT_FILE = "policy_state_dict.npz"
 ROLLOUT_FILE = "rollout.npz"
+FINETUNED_POLICY_FILE = "finetuned_policy_state_dict.npz"  # torch names, numpy arrays
+FINETUNED_TORCH_FILE = "finetuned_policy_state_dict.pt"  # torch.save(policy.state_dict())
+VALUE_HEAD_FILE = "value_head.npz"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,27 +79,34 @@ class Config:
 # 1. torch: build the policy, roll it out, save weights and data as numpy.
 
 
-def export_torch_policy(config: Config) -> None:
-    """Builds a torchrl LSTM policy for Pendulum, rolls it out and saves ``.npz`` files."""
-    import torch
+def build_torch_policy(config: Config, input_size: int):
+    """The torchrl policy: an ``LSTMModule`` torso and an ``MLP`` head, as in torchrl's docs."""
     from tensordict.nn import TensorDictModule, TensorDictSequential
-    from torchrl.envs import GymEnv, InitTracker, StepCounter, TransformedEnv
-    from torchrl.modules import MLP, LSTMModule, set_recurrent_mode
+    from torchrl.modules import MLP, LSTMModule
 
-    torch.manual_seed(config.seed)
-    env = TransformedEnv(GymEnv("Pendulum-v1"), InitTracker())
-    env.append_transform(StepCounter(max_steps=config.episode_steps))
     lstm_module = LSTMModule(
-        input_size=env.observation_spec["observation"].shape[-1],
+        input_size=input_size,
         hidden_size=config.hidden_size,
         in_keys=["observation", "rs_h", "rs_c"],
         out_keys=["intermediate", ("next", "rs_h"), ("next", "rs_c")],
     )
-    env.append_transform(lstm_module.make_tensordict_primer())
     head = MLP(num_cells=[config.head_cells], out_features=1)  # Tanh between layers
-    policy = TensorDictSequential(
+    return TensorDictSequential(
         lstm_module, TensorDictModule(head, in_keys=["intermediate"], out_keys=["action"])
     )
+
+
+def export_torch_policy(config: Config) -> None:
+    """Builds a torchrl LSTM policy for Pendulum, rolls it out and saves ``.npz`` files."""
+    import torch
+    from torchrl.envs import GymEnv, InitTracker, StepCounter, TransformedEnv
+    from torchrl.modules import set_recurrent_mode
+
+    torch.manual_seed(config.seed)
+    env = TransformedEnv(GymEnv("Pendulum-v1"), InitTracker())
+    env.append_transform(StepCounter(max_steps=config.episode_steps))
+    policy = build_torch_policy(config, env.observation_spec["observation"].shape[-1])
+    env.append_transform(policy[0].make_tensordict_primer())
     env.set_seed(config.seed)
 
     with torch.no_grad():
@@ -174,6 +190,14 @@ def discounted_returns(reward: np.ndarray, is_init: np.ndarray, gamma: float) ->
 def load_and_check(config: Config) -> tuple[jaxlstm.LSTM, Params, Rollout]:
     """Loads the torch weights into ``jaxlstm.LSTM`` and checks it reproduces torch."""
     out_dir = Path(config.out_dir)
+    missing = [name for name in (STATE_DICT_FILE, ROLLOUT_FILE) if not (out_dir / name).is_file()]
+    if missing:
+        raise SystemExit(
+            f"error: --stage jax needs the torch stage's export, but {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} missing from {out_dir}/. Run first: "
+            f"python examples/torch_policy_to_jax.py --stage torch --out-dir {out_dir} "
+            "(it needs torch and torchrl), or --stage all."
+        )
     state_dict = dict(np.load(out_dir / STATE_DICT_FILE))
     data = dict(np.load(out_dir / ROLLOUT_FILE))
 
@@ -256,19 +280,71 @@ def continue_in_jax(config: Config) -> jax.Array:
     for i in sorted({0, config.num_updates // 4, config.num_updates // 2, config.num_updates - 1}):
         print(f"jax: critic update {i + 1:>4}/{config.num_updates}: loss {losses[i]:.4f}")
     assert losses[-1] < 0.5 * losses[0], "the critic's loss did not go down"
-    # The fine-tuned LSTM weights go back to torch's names, e.g. for torch.load_state_dict.
+    # The fine-tuned LSTM weights go back to torch's names: the policy's state dict with
+    # the LSTM replaced (the actor head is unchanged) loads into the torchrl policy as is.
     back = jaxlstm.params_to_torch_state_dict(critic["lstm"], prefix="module.0.lstm.")
+    out_dir = Path(config.out_dir)
+    policy_state = dict(np.load(out_dir / STATE_DICT_FILE))
+    policy_state.update({k: np.asarray(v) for k, v in back.items()})
+    np.savez(out_dir / FINETUNED_POLICY_FILE, **policy_state)
+    np.savez(out_dir / VALUE_HEAD_FILE, weight=np.asarray(critic["value"]["w"])[None],
+             bias=np.asarray(critic["value"]["b"])[None])  # torch.nn.Linear(H, 1)'s layout
     print(
         f"jax: loss {losses[0]:.3f} -> {losses[-1]:.3f}; fine-tuned LSTM arrays: {', '.join(back)}"
     )
+    print(f"jax: saved the fine-tuned policy state dict to {out_dir / FINETUNED_POLICY_FILE} "
+          f"and the value head to {out_dir / VALUE_HEAD_FILE}")
     return losses
+
+
+def load_finetuned_in_torch(config: Config) -> float:
+    """Loads the fine-tuned ``.npz`` into a fresh torchrl policy and saves its ``state_dict``.
+
+    Checks that the torch policy's LSTM now gives the fine-tuned JAX LSTM's outputs on the
+    rollout, then writes ``torch.save(policy.state_dict())``, which
+    ``build_torch_policy(...).load_state_dict(torch.load(path))`` reads back.
+
+    Returns:
+      The greatest |difference| between the torch and JAX outputs.
+    """
+    import torch
+    from tensordict import TensorDict
+    from torchrl.modules import set_recurrent_mode
+
+    out_dir = Path(config.out_dir)
+    arrays = dict(np.load(out_dir / FINETUNED_POLICY_FILE))
+    data = dict(np.load(out_dir / ROLLOUT_FILE))
+    policy = build_torch_policy(config, data["observation"].shape[-1])
+    policy.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})  # strict
+    torch.save(policy.state_dict(), out_dir / FINETUNED_TORCH_FILE)
+
+    lstm_params = jaxlstm.params_from_torch_state_dict(arrays)
+    lstm = jaxlstm.LSTM(lstm_params["params"]["weight_hh_l0"].shape[1], recurrent_mode=True,
+                        precision=jax.lax.Precision.HIGHEST)
+    ours, _ = lstm.apply(lstm_params, data["observation"], None, data["is_init"])
+    steps = data["observation"].shape[0]
+    td = TensorDict({"observation": torch.from_numpy(data["observation"]),
+                     "is_init": torch.from_numpy(data["is_init"])}, batch_size=[steps])
+    with torch.no_grad(), set_recurrent_mode(True):
+        theirs = policy(td.unsqueeze(0))[0]["intermediate"].numpy()
+    diff = float(np.abs(np.asarray(ours) - theirs).max())
+    assert diff <= PARITY_ATOL, f"fine-tuned weights differ in torch: {diff:.2e}"
+    print(f"torch: the fine-tuned policy loads into torchrl (max |diff| vs JAX {diff:.1e}); "
+          f"saved its state_dict to {out_dir / FINETUNED_TORCH_FILE}")
+    return diff
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", choices=["all", "torch", "jax"], default="all")
-    parser.add_argument("--out-dir", default=Config.out_dir)
-    parser.add_argument("--num-updates", type=int, default=Config.num_updates)
+    parser.add_argument(
+        "--stage", choices=["all", "torch", "jax"], default="all",
+        help="torch: export the policy and a rollout (needs torch, torchrl, gymnasium); jax: "
+             "load them, check, fine-tune and save (no torch needed; run torch first); all "
+             "(default): both, then load the fine-tuned weights back into torchrl")
+    parser.add_argument("--out-dir", default=Config.out_dir,
+                        help=f"where the .npz/.pt files go (default {Config.out_dir})")
+    parser.add_argument("--num-updates", type=int, default=Config.num_updates,
+                        help=f"critic fine-tuning steps in JAX (default {Config.num_updates})")
     args = parser.parse_args(argv)
     config = Config(out_dir=args.out_dir, num_updates=args.num_updates)
     if args.stage in ("all", "torch"):
@@ -277,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
         continue_in_jax(config)
         if args.stage == "jax":
             assert not sys.modules.get("torch"), "the JAX stage imported torch"
+    if args.stage == "all":
+        load_finetuned_in_torch(config)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import hashlib
+import json
 import os
 import sys
 import time
@@ -59,10 +61,14 @@ import optax
 from flax.training.train_state import TrainState
 from tqdm.auto import tqdm
 
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
 import jaxlstm
 from jaxlstm import LSTMState
 
 ENV_NAME = "MemoryChain-bsuite"
+DATA_AXIS = "data"  # the mesh axis the environment batch is sharded over
 PARITY_ATOL = 1e-5
 
 
@@ -249,6 +255,7 @@ class Metrics(NamedTuple):
     value_loss: jax.Array
     actor_loss: jax.Array
     entropy: jax.Array
+    finite: jax.Array  # bool: the loss and every parameter after the update are finite
 
 
 def gae(
@@ -277,33 +284,65 @@ def gae(
     return advantages, advantages + value
 
 
-def make_train(
-    config: Config, recurrent: bool
-) -> tuple[Callable[[jax.Array], RunnerState],
-           Callable[[RunnerState], tuple[RunnerState, Metrics]]]:
+class Trainer(NamedTuple):
+    """The jittable pieces of one agent's PPO (see ``make_train``)."""
+
+    init: Callable[[jax.Array], RunnerState]
+    collect: Callable[[RunnerState], tuple[RunnerState, Transition, jax.Array]]
+    train_chunk: Callable[[RunnerState, int], tuple[RunnerState, Metrics]]
+
+
+def make_train(config: Config, recurrent: bool, mesh: Mesh | None = None) -> Trainer:
     """Builds the PPO trainer for one agent.
 
+    ``mesh`` is a 1-D data mesh (axis ``"data"``, ``make_mesh``): the
+    environment batch of the rollout and of every minibatch is sharded over it
+    (``with_sharding_constraint``) and jit's SPMD partitioner inserts the
+    gradient all-reduce. Parameters and optimizer state are replicated. None
+    runs on the default device with no constraint. The math does not depend
+    on the mesh: one device and N devices differ only in float reduction order.
+
     Returns:
-      ``(init, train_chunk)``, both jittable: ``init(rng)`` makes the runner
-      state; ``train_chunk(runner)`` runs ``config.updates_per_chunk`` PPO
+      ``Trainer(init, collect, train_chunk)``, each jittable and ``vmap``-able
+      over seeds: ``init(rng)`` makes the runner state; ``collect(runner)`` runs
+      one rollout and returns ``(runner, time-major Transition [T, N],
+      last_value [N])``; ``train_chunk(runner, length)`` runs ``length`` PPO
       updates (rollout, GAE, epochs of minibatch steps) in one ``lax.scan`` and
-      returns the new runner state and per-update ``Metrics``. The Python
-      driver calls it ``num_chunks`` times, ticking the progress bar between.
+      returns the new runner state and per-update ``Metrics`` ``[length]``.
     """
     env, env_params = make_env(config)
     num_actions = env.action_space(env_params).n
     network = make_network(config, num_actions, recurrent)
     n, steps = config.num_envs, config.num_steps
-    if n % config.num_minibatches:
+    num_devices = 1 if mesh is None else mesh.size
+    if n % (config.num_minibatches * num_devices):
         raise ValueError(
-            f"num_envs must be a multiple of num_minibatches. Got num_envs={n}, "
-            f"num_minibatches={config.num_minibatches}.")
+            f"num_envs must be a multiple of num_minibatches * devices = "
+            f"{config.num_minibatches} * {num_devices} (every minibatch is split evenly over "
+            f"the devices). Got num_envs={n}.")
+
+    def shard_envs(tree: Any, env_axis: int) -> Any:
+        """Pins the env axis of every leaf to the mesh's data axis."""
+        if mesh is None:
+            return tree
+        return jax.tree.map(
+            lambda a: jax.lax.with_sharding_constraint(
+                a, NamedSharding(mesh, P(*([None] * env_axis), DATA_AXIS))), tree)
+
     env_reset = jax.vmap(env.reset, in_axes=(0, None))
     env_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
     def schedule(count: jax.Array) -> jax.Array:
         grad_steps = config.num_updates * config.update_epochs * config.num_minibatches
         return config.lr * (1.0 - count / grad_steps)
+
+    # One optimizer object for every runner state: it is static in TrainState's
+    # pytree structure, so states from init, a compiled chunk and a restored
+    # checkpoint all share one structure.
+    tx = optax.chain(
+        optax.clip_by_global_norm(config.max_grad_norm),
+        optax.adam(schedule if config.anneal_lr else config.lr, eps=1e-5),
+    )
 
     def init(rng: jax.Array) -> RunnerState:
         rng, k_net, k_env = jax.random.split(rng, 3)
@@ -312,10 +351,6 @@ def make_train(
         params = network.init(k_net, obs[:, None], jnp.ones((n, 1), bool), state)
         if recurrent and config.forget_bias:
             params = add_forget_bias(params, config.forget_bias)
-        tx = optax.chain(
-            optax.clip_by_global_norm(config.max_grad_norm),
-            optax.adam(schedule if config.anneal_lr else config.lr, eps=1e-5),
-        )
         train_state = TrainState.create(apply_fn=network.apply, params=params, tx=tx)
         return RunnerState(train_state, env_state, obs, jnp.ones((n,), bool), state,
                            jnp.zeros((n,), jnp.float32), rng)
@@ -359,13 +394,18 @@ def make_train(
         total = actor_loss + config.vf_coef * value_loss - config.ent_coef * entropy
         return total, (value_loss, actor_loss, entropy)
 
-    def update(runner: RunnerState, _: None) -> tuple[RunnerState, Metrics]:
-        init_state = runner.lstm_state
+    def collect(runner: RunnerState) -> tuple[RunnerState, Transition, jax.Array]:
         runner, traj = jax.lax.scan(rollout_step, runner, None, length=steps)
+        traj = shard_envs(traj, env_axis=1)  # time-major [T, N]
         _, last_value, _ = network.apply(
             runner.train_state.params, runner.obs[:, None], runner.is_init[:, None],
             runner.lstm_state)
-        advantages, targets = gae(traj.value, traj.reward, traj.done, last_value[:, 0],
+        return runner, traj, last_value[:, 0]
+
+    def update(runner: RunnerState, _: None) -> tuple[RunnerState, Metrics]:
+        init_state = runner.lstm_state
+        runner, traj, last_value = collect(runner)
+        advantages, targets = gae(traj.value, traj.reward, traj.done, last_value,
                                   config.gamma, config.gae_lambda)
         # Time-major [T, N] -> batch-major [N, T], the layout jaxlstm reads.
         batch = {
@@ -380,32 +420,39 @@ def make_train(
             train_state, rng = carry
             rng, k_perm = jax.random.split(rng)
             perm = jax.random.permutation(k_perm, n)
+            # One global permutation, whatever the mesh: N devices see the same
+            # minibatches as one device, each holding 1/N of every minibatch.
             minibatches = jax.tree.map(
                 lambda a: jnp.reshape(a[perm], (config.num_minibatches, -1) + a.shape[1:]),
                 batch)
+            minibatches = shard_envs(minibatches, env_axis=1)
 
             def minibatch_step(train_state: TrainState, mb: dict[str, Any]):
-                grads, aux = jax.grad(loss_fn, has_aux=True)(train_state.params, mb)
-                return train_state.apply_gradients(grads=grads), aux
+                (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                    train_state.params, mb)
+                return train_state.apply_gradients(grads=grads), (loss, *aux)
 
             train_state, aux = jax.lax.scan(minibatch_step, train_state, minibatches)
             return (train_state, rng), aux
 
         rng, k_epochs = jax.random.split(runner.rng)
-        (train_state, _), (value_loss, actor_loss, entropy) = jax.lax.scan(
+        (train_state, _), (loss, value_loss, actor_loss, entropy) = jax.lax.scan(
             epoch, (runner.train_state, k_epochs), None, length=config.update_epochs)
         runner = runner._replace(train_state=train_state, rng=rng)
 
         finished = jnp.sum(traj.done)
         mean_return = jnp.sum(jnp.where(traj.done, traj.episode_return, 0.0)) / jnp.maximum(
             finished, 1)
+        finite = jnp.all(jnp.stack(
+            [jnp.all(jnp.isfinite(loss))]
+            + [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(train_state.params)]))
         return runner, Metrics(mean_return, finished, value_loss.mean(), actor_loss.mean(),
-                               entropy.mean())
+                               entropy.mean(), finite)
 
-    def train_chunk(runner: RunnerState) -> tuple[RunnerState, Metrics]:
-        return jax.lax.scan(update, runner, None, length=config.updates_per_chunk)
+    def train_chunk(runner: RunnerState, length: int) -> tuple[RunnerState, Metrics]:
+        return jax.lax.scan(update, runner, None, length=length)
 
-    return init, train_chunk
+    return Trainer(init, collect, train_chunk)
 
 
 class Rollouts(NamedTuple):
@@ -461,71 +508,454 @@ def make_evaluate(config: Config, recurrent: bool) -> Callable[[Any, jax.Array],
 
 
 # ---------------------------------------------------------------------------
+# Scale: a device mesh, many seeds, several hosts
+# ---------------------------------------------------------------------------
+
+
+def maybe_initialize_distributed(force: bool = False) -> bool:
+    """Calls ``jax.distributed.initialize()`` for a multi-process launch; before any JAX work.
+
+    A launch is multi-process when ``JAX_COORDINATOR_ADDRESS`` is set (with
+    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``), when SLURM or Open MPI
+    started several tasks, or when ``force`` (``--distributed``, e.g. on a
+    Cloud TPU slice, where JAX finds its peers itself).
+    """
+    env = os.environ
+    explicit = "JAX_COORDINATOR_ADDRESS" in env
+    launcher = (int(env.get("SLURM_NTASKS", "1")) > 1
+                or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1)
+    if not (force or explicit or launcher):
+        return False
+    if explicit:
+        def optional_int(name: str) -> int | None:
+            return int(env[name]) if name in env else None
+
+        jax.distributed.initialize(
+            coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+            num_processes=optional_int("JAX_NUM_PROCESSES"),
+            process_id=optional_int("JAX_PROCESS_ID"))
+    else:
+        jax.distributed.initialize()
+    return True
+
+
+def make_mesh(devices: int | None) -> Mesh:
+    """A 1-D mesh (axis ``"data"``) over the first ``devices`` devices; None takes all.
+
+    With several processes the mesh spans every process's devices, so
+    ``devices`` must be None or all of them.
+    """
+    available = jax.devices() if jax.process_count() > 1 else jax.local_devices()
+    n = len(available) if devices is None else devices
+    if not 1 <= n <= len(available):
+        raise ValueError(f"--devices must be between 1 and {len(available)} (the "
+                         f"{jax.default_backend()} devices this process sees). Got {n}.")
+    if jax.process_count() > 1 and n != len(available):
+        raise ValueError(f"--devices must be all {len(available)} devices of the "
+                         f"{jax.process_count()} processes in a multi-host run. Got {n}.")
+    return Mesh(np.array(available[:n]), (DATA_AXIS,))
+
+
+def runner_shardings(mesh: Mesh, runner: RunnerState) -> RunnerState:
+    """Where each leaf of a seed-stacked runner state ``[K, ...]`` lives.
+
+    The environment batch (axis 1, after the seed axis) is sharded over the
+    mesh; parameters, optimizer state and RNG keys are replicated.
+    """
+    replicated = NamedSharding(mesh, P())
+    envs = NamedSharding(mesh, P(None, DATA_AXIS))
+
+    def like(tree: Any, sharding: NamedSharding) -> Any:
+        return jax.tree.map(lambda _: sharding, tree)
+
+    return RunnerState(
+        train_state=like(runner.train_state, replicated), env_state=like(runner.env_state, envs),
+        obs=envs, is_init=envs, lstm_state=like(runner.lstm_state, envs),
+        episode_return=envs, rng=replicated)
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints (Orbax)
+# ---------------------------------------------------------------------------
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint written by a run with other settings."""
+
+
+def tree_checksum(tree: Any) -> str | None:
+    """sha256 over every leaf's path, dtype, shape and bytes; None if not all on this host."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    if not all(getattr(a, "is_fully_addressable", True) for _, a in leaves):
+        return None  # multi-host: each process sees only its shards
+    digest = hashlib.sha256()
+    for path, leaf in leaves:
+        a = np.ascontiguousarray(jax.device_get(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}|".encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()
+
+
+class Checkpoints:
+    """One agent's Orbax checkpoints: the full training state at an update.
+
+    A checkpoint holds every leaf of the seed-stacked runner state (parameters,
+    optimizer state, environment state, observations, LSTM states, RNG keys as
+    raw key data, the optimizer's step counter), the learning curves so far and
+    the update count, plus a JSON item with the run's settings and a sha256 of
+    the state. Orbax writes each checkpoint to a temporary directory and
+    renames it when complete, so a kill mid-write leaves no half checkpoint
+    under a step's name, and it keeps the newest ``keep``. On restore the
+    checksum is recomputed: a checkpoint that fails to load or to match is set
+    aside (renamed ``corrupt-<update>-<time>``) and the previous one is tried.
+    """
+
+    def __init__(self, directory: str, fingerprint: dict[str, Any], template: RunnerState,
+                 shardings: RunnerState, keep: int = 3):
+        import orbax.checkpoint as ocp
+
+        self.ocp = ocp
+        self.directory = os.path.abspath(directory)
+        self.fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from JSON
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                 enable_async_checkpointing=False))
+        self.treedef = jax.tree.structure(template)
+        self.template_leaves = jax.tree.leaves(template)
+        self.sharding_leaves = jax.tree.leaves(shardings)
+
+    def _pack(self, runner: RunnerState, curves: np.ndarray, update: int) -> dict[str, Any]:
+        # Orbax stores arrays, not PRNG key types: keys go in as their raw uint32 data.
+        leaves = {f"{i:04d}": (jax.random.key_data(a) if _is_key(a) else a)
+                  for i, a in enumerate(jax.tree.leaves(runner))}
+        return {"runner": leaves, "curves": jnp.asarray(curves),
+                "update": jnp.asarray(update, jnp.int32)}
+
+    def _unpack(self, state: dict[str, Any]) -> tuple[RunnerState, np.ndarray, int]:
+        leaves = []
+        for i, t in enumerate(self.template_leaves):
+            a = state["runner"][f"{i:04d}"]
+            # The keys come from jax.random.key: the default implementation.
+            leaves.append(jax.random.wrap_key_data(a, impl=jax.config.jax_default_prng_impl)
+                          if _is_key(t) else a)
+        runner = jax.tree.unflatten(self.treedef, leaves)
+        return runner, np.array(state["curves"]), int(state["update"])
+
+    def _abstract(self, num_curves: tuple[int, int]) -> dict[str, Any]:
+        replicated = NamedSharding(self.sharding_leaves[0].mesh, P())
+        runner = {}
+        for i, (t, s) in enumerate(zip(self.template_leaves, self.sharding_leaves)):
+            if _is_key(t):
+                t = jax.eval_shape(jax.random.key_data, t)
+            runner[f"{i:04d}"] = jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=s)
+        return {"runner": runner,
+                "curves": jax.ShapeDtypeStruct(num_curves, jnp.float32, sharding=replicated),
+                "update": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)}
+
+    def save(self, update: int, runner: RunnerState, curves: np.ndarray) -> None:
+        state = self._pack(runner, curves, update)
+        meta = {"update": update, "fingerprint": self.fingerprint,
+                "checksum": tree_checksum(state)}
+        if update in self.manager.all_steps():  # a set-aside step being written again
+            self.manager.delete(update)
+        self.manager.save(update, args=self.ocp.args.Composite(
+            state=self.ocp.args.StandardSave(state), meta=self.ocp.args.JsonSave(meta)),
+            force=True)
+        self.manager.wait_until_finished()
+
+    def latest(self) -> int | None:
+        return self.manager.latest_step()
+
+    def restore(self, curves_shape: tuple[int, int]) -> tuple[RunnerState, np.ndarray, int] | None:
+        """The newest complete, uncorrupted checkpoint, or None when there is none."""
+        self.manager.reload()
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for step in steps:
+            try:
+                restored = self.manager.restore(step, args=self.ocp.args.Composite(
+                    state=self.ocp.args.StandardRestore(self._abstract(curves_shape)),
+                    meta=self.ocp.args.JsonRestore()))
+                meta, state = restored["meta"], restored["state"]
+                if meta["fingerprint"] != self.fingerprint:
+                    diff = sorted(k for k in set(meta["fingerprint"]["config"])
+                                  | set(self.fingerprint["config"])
+                                  if meta["fingerprint"]["config"].get(k)
+                                  != self.fingerprint["config"].get(k))
+                    raise CheckpointMismatchError(
+                        f"the checkpoint {self.directory}/{step} was written with other settings "
+                        f"(differing: {diff or 'seeds'}: {meta['fingerprint']} here "
+                        f"{self.fingerprint}). Resume with the same settings, or use a new "
+                        "--checkpoint-dir.")
+                checksum = tree_checksum(state)
+                if meta["checksum"] is not None and checksum != meta["checksum"]:
+                    raise ValueError(f"checksum mismatch: stored {meta['checksum'][:12]}..., "
+                                     f"read {checksum[:12]}...")
+                if int(state["update"]) != step or int(meta["update"]) != step:
+                    raise ValueError(f"update counter {int(state['update'])} in step {step}")
+            except CheckpointMismatchError:
+                raise
+            except Exception as err:  # anything unreadable is a corrupt or partial checkpoint
+                reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
+                aside = self._set_aside(step)
+                print(f"WARNING: checkpoint {self.directory}/{step} is corrupt or partial "
+                      f"({reason}). Set aside as {aside}; falling back to the previous one.",
+                      flush=True)
+            else:
+                # Outside the try: an error here is a bug, not a bad checkpoint.
+                return self._unpack(state)
+        if steps:
+            print(f"WARNING: no complete checkpoint left in {self.directory}; "
+                  "starting from scratch.", flush=True)
+        return None
+
+    def _set_aside(self, step: int) -> str:
+        src = os.path.join(self.directory, str(step))
+        dst = os.path.join(self.directory, f"corrupt-{step}-{time.time_ns()}")
+        if jax.process_index() == 0 and os.path.exists(src):
+            os.rename(src, dst)
+        self.manager.reload()
+        return dst
+
+
+def _is_key(a: Any) -> bool:
+    return jnp.issubdtype(a.dtype, jax.dtypes.prng_key)
+
+
+# ---------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class ScaleOptions:
+    """How a run is spread and saved: the CLI's scale options."""
+
+    devices: int | None = None  # mesh size; None: every device
+    seeds: int = 1  # K agents in one program, seeds config.seed ... config.seed + K - 1
+    checkpoint_dir: str | None = None  # one subdirectory per agent
+    checkpoint_every: int | None = None  # in updates; None: every progress chunk
+    resume: bool = False
+    stop_after: int | None = None  # stop after this many updates in total (a clean interruption)
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN or Inf in the loss or the parameters."""
+
+
 @dataclasses.dataclass
 class Result:
-    """One trained agent."""
+    """One trained agent, K seeds."""
 
     name: str
-    params: Any
-    curve_steps: np.ndarray  # env steps after each update
-    curve_returns: np.ndarray  # training return at each update
-    final_return: float  # greedy evaluation
-    eval_episodes: int
-    wall_time: float  # seconds, compilation included
-    rollouts: Rollouts
+    seeds: list[int]
+    params: Any  # leaves [K, ...]
+    curve_steps: np.ndarray  # [U]: env steps per seed after each update
+    curve_returns: np.ndarray  # [K, U]: training return at each update
+    final_returns: np.ndarray  # [K]: greedy evaluation
+    eval_episodes: int  # per seed
+    rollouts: Rollouts  # leaves [K, ...]: greedy evaluation episodes
+    updates: int  # updates done, resumed ones included
+    wall_time: float  # seconds in this process: compile, training and evaluation
+    train_steps_per_s: float  # env steps (all seeds) per second of the training loop (with
+    # checkpoint writes, without compilation) in this process
+    stopped: bool = False  # --stop-after ended the run early
+
+    def seed_params(self, k: int) -> Any:
+        return jax.tree.map(lambda a: a[k], self.params)
+
+    def seed_rollouts(self, k: int) -> Rollouts:
+        return jax.tree.map(lambda a: a[k], self.rollouts)
 
 
-def train_agent(config: Config, recurrent: bool, name: str) -> Result:
-    """Trains one agent chunk by chunk with a progress bar, then evaluates it."""
-    init, train_chunk = make_train(config, recurrent)
-    train_chunk = jax.jit(train_chunk, donate_argnums=0)
-    start = time.perf_counter()
-    rng_train, rng_eval = jax.random.split(jax.random.key(config.seed))
-    runner = jax.jit(init)(rng_train)
-    per_chunk = config.updates_per_chunk * config.steps_per_update
-    curves = []
-    with tqdm(total=config.num_chunks * per_chunk, desc=f"{name:>10}", unit=" steps",
-              unit_scale=True, dynamic_ncols=True, file=sys.stdout) as bar:
-        for _ in range(config.num_chunks):
-            runner, metrics = train_chunk(runner)
+def segment_ends(start: int, config: Config, opts: ScaleOptions) -> list[int]:
+    """The update counts after which the driver returns to Python.
+
+    At every progress chunk, checkpoint and ``--stop-after``: each compiled
+    chunk is a ``lax.scan`` over updates, and the same updates give the same
+    bits whether scanned in one piece or several (the resume test checks it).
+    """
+    total = config.num_updates
+    marks = set(range(config.updates_per_chunk, total + 1, config.updates_per_chunk)) | {total}
+    if opts.checkpoint_dir and opts.checkpoint_every:
+        marks |= set(range(opts.checkpoint_every, total + 1, opts.checkpoint_every))
+    if opts.stop_after is not None:
+        marks.add(min(opts.stop_after, total))
+    return sorted(m for m in marks if m > start)
+
+
+def train_agent(config: Config, recurrent: bool, name: str, mesh: Mesh | None = None,
+                opts: ScaleOptions = ScaleOptions()) -> Result:
+    """Trains K seeds of one agent on ``mesh``, with checkpoints; then evaluates them."""
+    start_time = time.perf_counter()
+    mesh = mesh if mesh is not None else make_mesh(1)
+    trainer = make_train(config, recurrent, mesh)
+    seeds = [config.seed + k for k in range(opts.seeds)]
+    keys = jnp.stack([jax.random.split(jax.random.key(s)) for s in seeds])  # [K, 2]
+    rng_train, rng_eval = keys[:, 0], keys[:, 1]
+    init = jax.vmap(trainer.init)
+    template = jax.eval_shape(init, rng_train)
+    shardings = runner_shardings(mesh, template)
+    total = config.num_updates
+    curves = np.full((len(seeds), total), np.nan, np.float32)
+    update = 0
+
+    checkpoints = None
+    if opts.checkpoint_dir:
+        fingerprint = {"agent": name, "config": dataclasses.asdict(config), "seeds": seeds}
+        checkpoints = Checkpoints(os.path.join(opts.checkpoint_dir, name), fingerprint,
+                                  template, shardings)
+    restored = checkpoints.restore(curves.shape) if checkpoints and opts.resume else None
+    if restored is not None:
+        runner, curves, update = restored
+        print(f"{name}: resumed from the checkpoint at update {update} of {total} "
+              f"({checkpoints.directory}/{update})", flush=True)
+    else:
+        if opts.resume:
+            print(f"{name}: no checkpoint to resume from; starting at update 0", flush=True)
+        runner = jax.jit(init, out_shardings=shardings)(rng_train)
+
+    # Compile first, as its own phase, so that the progress bar's rate and ETA
+    # measure training only.
+    ends = segment_ends(update, config, opts)
+    lengths = sorted({b - a for a, b in zip([update] + ends[:-1], ends)})
+    compiled = {}
+    if lengths:
+        print(f"{name}: compiling {len(lengths)} program(s) for {len(seeds)} seed(s) on "
+              f"{mesh.size} device(s) ...", end=" ", flush=True)
+        t0 = time.perf_counter()
+        for length in lengths:
+            program = jax.jit(jax.vmap(functools.partial(trainer.train_chunk, length=length)),
+                              donate_argnums=0, out_shardings=(shardings, None))
+            compiled[length] = program.lower(runner).compile()
+        print(f"{time.perf_counter() - t0:.1f} s", flush=True)
+
+    stopped = False
+    trained_updates = 0
+    with tqdm(total=total * config.steps_per_update, initial=update * config.steps_per_update,
+              desc=f"{name:>10}", unit=" steps", unit_scale=True, dynamic_ncols=True,
+              smoothing=0.0, file=sys.stdout, disable=not ends) as bar:
+        loop_start = time.perf_counter()
+        for end in ends:
+            runner, metrics = compiled[end - update](runner)
             metrics = jax.device_get(metrics)
-            curves.append(metrics.mean_return)
-            bar.update(per_chunk)
-            bar.set_postfix(ret=f"{float(metrics.mean_return[-1]):+.3f}")
+            finite = np.asarray(metrics.finite)  # [K, L]
+            if not finite.all():
+                seed_index, offset = map(int, np.argwhere(~finite)[np.argmin(
+                    np.argwhere(~finite)[:, 1])])
+                kept = checkpoints.latest() if checkpoints else None
+                where = (f"The last good checkpoint (update {kept}) is kept in "
+                         f"{checkpoints.directory}." if kept is not None else
+                         "No checkpoint was written before it.")
+                raise NonFiniteError(
+                    f"{name}: NaN or Inf in the loss or the parameters at update "
+                    f"{update + offset + 1} of {total} (seed {seeds[seed_index]}); "
+                    f"training stopped. {where}")
+            curves[:, update:end] = metrics.mean_return
+            trained_updates += end - update
+            bar.update((end - update) * config.steps_per_update)
+            bar.set_postfix(ret=f"{float(np.mean(metrics.mean_return[:, -1])):+.3f}")
+            update = end
+            stop_now = opts.stop_after is not None and update >= opts.stop_after
+            if checkpoints and (update == total or stop_now or (
+                    opts.checkpoint_every and update % opts.checkpoint_every == 0)
+                    or (not opts.checkpoint_every and update % config.updates_per_chunk == 0)):
+                checkpoints.save(update, runner, curves)
+            if stop_now and update < total:
+                stopped = True
+                break
+        train_time = time.perf_counter() - loop_start if ends else 0.0
+
+    rate = trained_updates * config.steps_per_update * len(seeds) / max(train_time, 1e-9)
     params = runner.train_state.params
-    rollouts = jax.device_get(jax.jit(make_evaluate(config, recurrent))(params, rng_eval))
-    wall = time.perf_counter() - start
-    returns = np.concatenate(curves)
-    steps = np.arange(1, returns.size + 1) * config.steps_per_update
-    return Result(name, params, steps, returns, float(rollouts.mean_return),
-                  int(rollouts.episodes), wall, rollouts)
+    rollouts = jax.device_get(
+        jax.jit(jax.vmap(make_evaluate(config, recurrent)))(params, rng_eval))
+    steps = np.arange(1, total + 1) * config.steps_per_update
+    return Result(name, seeds, jax.device_get(params), steps, curves,
+                  np.asarray(rollouts.mean_return, np.float64), int(rollouts.episodes[0]),
+                  rollouts, update, time.perf_counter() - start_time,
+                  rate if trained_updates else 0.0, stopped)
 
 
-def print_summary(config: Config, results: Sequence[Result]) -> None:
+def params_l2(params: Any) -> float:
+    """The L2 norm of a parameter tree, summed in float64 on the host."""
+    return float(np.sqrt(sum(np.sum(np.square(np.asarray(a, np.float64)))
+                             for a in jax.tree.leaves(jax.device_get(params)))))
+
+
+HOLD_WINDOW = 5  # updates in the trailing mean that must stay above the threshold
+
+
+def steps_to_threshold(curve_steps: np.ndarray, curve: np.ndarray, threshold: float) -> int | None:
+    """The env steps from which the training curve stays at or above ``threshold``.
+
+    The curve is smoothed by a trailing mean over ``HOLD_WINDOW`` updates; the
+    answer is the first update from which every later smoothed value is
+    >= threshold, so a curve that reaches the threshold and later collapses
+    gets None (unlike "first >= threshold").
+    """
+    window = min(HOLD_WINDOW, curve.size)
+    smooth = np.convolve(curve, np.ones(window) / window, mode="full")[:curve.size]
+    smooth[:window - 1] = -np.inf  # not a full window yet
+    below = np.nonzero(~(smooth >= threshold))[0]
+    first = 0 if below.size == 0 else below[-1] + 1
+    return int(curve_steps[first]) if first < curve.size else None
+
+
+def summary_dict(config: Config, result: Result, devices: int) -> dict[str, Any]:
+    """``summary.json``: the LSTM agent's run, one entry per seed."""
+    env_steps = result.updates * config.steps_per_update * len(result.seeds)
+    return {
+        "devices": devices, "updates": result.updates, "env_steps": env_steps,
+        "wall_s": result.wall_time, "env_steps_per_s": result.train_steps_per_s,
+        "seeds": [{"seed": seed, "greedy_return": float(result.final_returns[k]),
+                   "steps_to_threshold": steps_to_threshold(
+                       result.curve_steps, result.curve_returns[k], config.success_threshold),
+                   "params_l2": params_l2(result.seed_params(k))}
+                  for k, seed in enumerate(result.seeds)],
+    }
+
+
+def print_summary(config: Config, results: Sequence[Result], quick: bool = False) -> None:
     thr = config.success_threshold
+    seeds = len(results[0].seeds)
     print()
     print(f"Task: gymnax {ENV_NAME}, memory_length={config.memory_length}; solved at a mean "
           f"greedy return >= {thr} (a memoryless policy's expected return is 0).")
-    header = (f"{'agent':<12}{'final return':>14}{'solved?':>9}{'env steps':>12}"
-              f"{'first >= thr (train)':>22}{'wall time':>11}")
+    header = (f"{'agent':<12}{'greedy return':>15}{'solved':>8}{'env steps':>11}"
+              f"{'first >= thr':>14}{'held >= thr':>13}{'last 10%':>10}{'wall time':>11}")
     print(header)
     print("-" * len(header))
     for r in results:
-        hit = np.nonzero(r.curve_returns >= thr)[0]
+        mean_curve = r.curve_returns.mean(axis=0)
+        hit = np.nonzero(mean_curve >= thr)[0]
         first = f"{r.curve_steps[hit[0]]:,}" if hit.size else "never"
-        print(f"{r.name:<12}{r.final_return:>+14.3f}{'yes' if r.final_return >= thr else 'no':>9}"
-              f"{int(r.curve_steps[-1]):>12,}{first:>22}{r.wall_time:>10.1f}s")
-    print(f"(final return: greedy policy, mean over {results[0].eval_episodes} fresh episodes)")
-    solved = {r.name: r.final_return >= thr for r in results}
-    if solved.get("LSTM") and not solved.get("memoryless"):
-        print("Verdict: the LSTM agent solved the task and the memoryless one did not: "
-              "the memory is doing the work.")
+        held = steps_to_threshold(r.curve_steps, mean_curve, thr)
+        tail = mean_curve[-max(1, mean_curve.size // 10):].mean()
+        solved = int(np.sum(r.final_returns >= thr))
+        ret = f"{r.final_returns.mean():+.3f}"
+        if seeds > 1:
+            ret += f" (min {r.final_returns.min():+.2f})"
+        print(f"{r.name:<12}{ret:>15}{f'{solved}/{seeds}':>8}{int(r.curve_steps[-1]):>11,}"
+              f"{first:>14}{(f'{held:,}' if held is not None else 'no'):>13}{tail:>+10.3f}"
+              f"{r.wall_time:>10.1f}s")
+    print(f"(greedy return: the greedy policy's mean over {results[0].eval_episodes} fresh "
+          f"episodes{', averaged over the seeds' if seeds > 1 else ''}. Training curve"
+          f"{' (mean over seeds)' if seeds > 1 else ''}: 'first >= thr' is where it first "
+          f"touched the threshold, 'held >= thr' where its {HOLD_WINDOW}-update mean reached it "
+          "for good ('no': it fell back below), 'last 10%' its mean over the last tenth.)")
+    solved = {r.name: bool(np.all(r.final_returns >= thr)) for r in results}
+    if solved.get("LSTM") and not solved.get("memoryless", False):
+        verdict = ("Verdict: the LSTM agent solved the task and the memoryless one did not: "
+                   "the memory is doing the work.")
+        if "memoryless" not in solved:
+            verdict = "Verdict: the LSTM agent solved the task (memoryless baseline skipped)."
     else:
-        print(f"Verdict: inconclusive at these settings (solved: {solved}).")
+        verdict = f"Verdict: not solved on every seed at these settings (solved: {solved})."
+    if quick:
+        verdict += (f" (--quick: memory_length={config.memory_length} and "
+                    f"{config.total_steps:,} steps, a smoke run; not the main job's task.)")
+    print(verdict)
 
 
 def save_learning_curve(config: Config, results: Sequence[Result], path: str) -> str:
@@ -533,18 +963,26 @@ def save_learning_curve(config: Config, results: Sequence[Result], path: str) ->
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import StrMethodFormatter
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for r in results:
-        ax.plot(r.curve_steps, r.curve_returns,
-                label=f"{r.name} (greedy eval {r.final_return:+.2f})")
+    for r, color in zip(results, ("C0", "C1", "C2")):
+        if len(r.seeds) > 1:
+            for curve in r.curve_returns:
+                ax.plot(r.curve_steps, curve, color=color, lw=0.6, alpha=0.35)
+        label = (f"{r.name}, mean of {len(r.seeds)} seeds" if len(r.seeds) > 1 else r.name)
+        ax.plot(r.curve_steps, r.curve_returns.mean(axis=0), color=color, lw=1.8,
+                label=f"{label} (greedy eval {r.final_returns.mean():+.2f})")
     ax.axhline(config.success_threshold, color="gray", ls="--", lw=1,
                label=f"solved ({config.success_threshold})")
-    ax.set_xlabel("environment steps")
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    ax.set_xlabel("environment steps per agent")
     ax.set_ylabel("mean episode return (training policy)")
     ax.set_ylim(-1.05, 1.05)
-    ax.set_title(f"PPO on {ENV_NAME}, memory_length={config.memory_length}, seed {config.seed}")
+    seeds = results[0].seeds
+    seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
+    ax.set_title(f"PPO on {ENV_NAME}, memory_length={config.memory_length}, {seed_text}")
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -762,20 +1200,60 @@ def check_parity(config: Config, params: Any, rollouts: Rollouts) -> float:
 
 
 def parse_config(argv: Sequence[str] | None) -> tuple[Config, argparse.Namespace]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Scale options work together: e.g. --devices 4 --seeds 16 --checkpoint-dir ckpt "
+               "trains 16 agents in one program, each agent's 64 envs split over 4 devices.")
     parser.add_argument("--total-steps", type=int, default=None,
                         help=f"env steps per agent (default {Config.total_steps:,})")
     parser.add_argument("--memory-length", type=int, default=None,
                         help=f"MemoryChain memory_length (default {Config.memory_length})")
-    parser.add_argument("--num-envs", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-envs", type=int, default=None,
+                        help=f"environments per agent (default {Config.num_envs}); a multiple "
+                             "of 4 x --devices")
+    parser.add_argument("--seed", type=int, default=0, help="the first seed (default 0)")
     parser.add_argument("--quick", action="store_true",
-                        help="tiny settings for CI: runs every stage, does not solve the task")
-    parser.add_argument("--output", default=os.path.join("outputs", "learning_curve.png"),
-                        help="where to save the learning-curve PNG")
-    parser.add_argument("--skip-parity", action="store_true",
-                        help="train and plot only (no torch export)")
+                        help="small settings for CI: memory_length=5 and 8,000 env steps; every "
+                             "stage runs in seconds. This easier task is often solved, but it "
+                             "is not the main job's (memory_length=30)")
+    scale = parser.add_argument_group("scale")
+    scale.add_argument("--devices", type=int, default=None,
+                       help="data-parallel over the first N local devices (1-D mesh; the env "
+                            "batch is sharded, parameters replicated). Default: all of them")
+    scale.add_argument("--seeds", type=int, default=1,
+                       help="K independent agents in one compiled program (vmap over seeds "
+                            "--seed ... --seed+K-1). Default 1")
+    scale.add_argument("--checkpoint-dir", default=None,
+                       help="write Orbax checkpoints of the full training state here "
+                            "(one subdirectory per agent; the newest 3 are kept)")
+    scale.add_argument("--checkpoint-every", type=int, default=None,
+                       help="checkpoint every U updates (default: every progress-bar tick)")
+    scale.add_argument("--resume", action="store_true",
+                       help="continue from the newest complete checkpoint in --checkpoint-dir")
+    scale.add_argument("--stop-after", type=int, default=None,
+                       help="stop cleanly after U updates in total (checkpointed when "
+                            "--checkpoint-dir is set), to simulate an interruption")
+    scale.add_argument("--distributed", action="store_true",
+                       help="call jax.distributed.initialize() even without a coordinator "
+                            "in the environment (e.g. on a Cloud TPU slice)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--output-dir", default="outputs",
+                     help="where learning_curve.png and summary.json go (default outputs/)")
+    out.add_argument("--output", default=None,
+                     help="the learning-curve PNG's path (default OUTPUT_DIR/learning_curve.png)")
+    out.add_argument("--skip-baseline", action="store_true",
+                     help="train only the LSTM agent (no memoryless baseline)")
+    out.add_argument("--skip-parity", action="store_true",
+                     help="train and plot only (no torch export)")
     args = parser.parse_args(argv)
+    for name in ("seeds", "devices", "checkpoint_every", "stop_after"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1. Got {value}.")
+    if args.resume and not args.checkpoint_dir:
+        parser.error("--resume needs --checkpoint-dir (where to find the checkpoints).")
+    if args.checkpoint_every and not args.checkpoint_dir:
+        parser.error("--checkpoint-every needs --checkpoint-dir.")
     config = Config(seed=args.seed)
     if args.quick:
         config = dataclasses.replace(config, memory_length=5, num_envs=16, total_steps=8_000,
@@ -788,16 +1266,46 @@ def parse_config(argv: Sequence[str] | None) -> tuple[Config, argparse.Namespace
 
 def main(argv: Sequence[str] | None = None) -> int:
     config, args = parse_config(argv)
-    print(f"jax {jax.__version__} on {jax.default_backend()}; task {ENV_NAME} "
-          f"(memory_length={config.memory_length}), {config.total_steps:,} env steps per agent, "
-          f"seed {config.seed}")
-    results = [train_agent(config, recurrent=True, name="LSTM"),
-               train_agent(config, recurrent=False, name="memoryless")]
-    print_summary(config, results)
-    path = save_learning_curve(config, results, args.output)
-    print(f"Learning curves saved to {os.path.abspath(path)}")
+    maybe_initialize_distributed(args.distributed)
+    mesh = make_mesh(args.devices)
+    opts = ScaleOptions(devices=mesh.size, seeds=args.seeds, checkpoint_dir=args.checkpoint_dir,
+                        checkpoint_every=args.checkpoint_every, resume=args.resume,
+                        stop_after=args.stop_after)
+    print(f"jax {jax.__version__} on {jax.default_backend()}, {mesh.size} device(s)"
+          f"{f' over {jax.process_count()} processes' if jax.process_count() > 1 else ''}; "
+          f"task {ENV_NAME} (memory_length={config.memory_length}), {config.total_steps:,} env "
+          f"steps per agent ({config.num_updates} updates), "
+          f"seed{'s' if args.seeds > 1 else ''} "
+          f"{config.seed}{f'-{config.seed + args.seeds - 1}' if args.seeds > 1 else ''}")
+    agents = [("LSTM", True)] + ([] if args.skip_baseline else [("memoryless", False)])
+    results = []
+    try:
+        for name, recurrent in agents:
+            result = train_agent(config, recurrent, name, mesh, opts)
+            if result.stopped:
+                where = (f"; continue with --resume --checkpoint-dir {args.checkpoint_dir}"
+                         if args.checkpoint_dir else " (no --checkpoint-dir: nothing to resume)")
+                print(f"{name}: stopped after update {result.updates} of {config.num_updates} "
+                      f"as asked (--stop-after){where}.")
+                return 0
+            results.append(result)
+    except NonFiniteError as err:
+        print(f"ERROR: {err}", file=sys.stderr, flush=True)
+        return 3
+    print_summary(config, results, quick=args.quick)
+    lstm = results[0]
+    summary = summary_dict(config, lstm, mesh.size)
+    if jax.process_index() == 0:
+        os.makedirs(args.output_dir, exist_ok=True)
+        png = save_learning_curve(
+            config, results, args.output or os.path.join(args.output_dir, "learning_curve.png"))
+        print(f"Learning curves saved to {os.path.abspath(png)}")
+        summary_path = os.path.join(args.output_dir, "summary.json")
+        with open(summary_path, "w") as f:
+            json.dump(summary, f, indent=2)
+        print(f"Summary saved to {os.path.abspath(summary_path)}")
     if not args.skip_parity:
-        check_parity(config, results[0].params, results[0].rollouts)
+        check_parity(config, lstm.seed_params(0), lstm.seed_rollouts(0))
     return 0
 
 

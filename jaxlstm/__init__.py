@@ -26,4 +26,9 @@ from ._scan import lstm_scan as lstm_scan
 from ._state import LSTMState as LSTMState
 from ._torchrl import torchrl_apply as torchrl_apply
 
+# Training helpers: R2D2 burn-in and truncated-BPTT chunks.
+from ._training import Chunks as Chunks
+from ._training import lstm_burn_in as lstm_burn_in
+from ._training import split_chunks as split_chunks
+
 __version__ = "0.1.0"

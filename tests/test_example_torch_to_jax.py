@@ -23,7 +23,7 @@ _WITHOUT_TORCH = (
 )
 
 
-def _run(args: list[str]) -> str:
+def _run(args: list[str], returncode: int = 0) -> str:
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(
         [sys.executable, *args],
@@ -34,8 +34,8 @@ def _run(args: list[str]) -> str:
         cwd=SCRIPT.parents[1],
         check=False,
     )
-    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    return result.stdout
+    assert result.returncode == returncode, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result.stdout + result.stderr
 
 
 def test_torch_policy_to_jax(tmp_path):
@@ -52,3 +52,45 @@ def test_torch_policy_to_jax(tmp_path):
     ]:
         assert check in out, out
     assert "critic update" in out and "fine-tuned LSTM arrays" in out, out
+
+
+def test_jax_stage_before_export_says_what_to_run(tmp_path):
+    out = _run([str(SCRIPT), "--stage", "jax", "--out-dir", str(tmp_path)], returncode=1)
+    assert "FileNotFoundError" not in out and "Traceback" not in out, out
+    assert "policy_state_dict.npz, rollout.npz are missing" in out, out
+    assert f"--stage torch --out-dir {tmp_path}" in out, out
+
+
+def test_all_stages_save_finetuned_weights_torchrl_loads(tmp_path):
+    import numpy as np
+    import torch
+
+    out = _run([str(SCRIPT), "--out-dir", str(tmp_path)])
+    assert "the fine-tuned policy loads into torchrl" in out, out
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import torch_policy_to_jax as example
+    finally:
+        sys.path.pop(0)
+    original = dict(np.load(tmp_path / "policy_state_dict.npz"))
+    tuned = dict(np.load(tmp_path / "finetuned_policy_state_dict.npz"))
+    assert tuned.keys() == original.keys()
+    # The LSTM was fine-tuned, the actor head kept.
+    assert not np.array_equal(tuned["module.0.lstm.weight_hh_l0"],
+                              original["module.0.lstm.weight_hh_l0"])
+    np.testing.assert_array_equal(tuned["module.1.module.0.weight"],
+                                  original["module.1.module.0.weight"])
+    # torch's own state_dict file loads, strictly, into the torchrl policy.
+    policy = example.build_torch_policy(example.Config(), 3)
+    policy.load_state_dict(torch.load(tmp_path / "finetuned_policy_state_dict.pt"))
+    np.testing.assert_array_equal(policy.state_dict()["module.0.lstm.weight_hh_l0"].numpy(),
+                                  tuned["module.0.lstm.weight_hh_l0"])
+    value_head = np.load(tmp_path / "value_head.npz")
+    assert value_head["weight"].shape == (1, 32) and value_head["bias"].shape == (1,)
+
+
+def test_options_have_help(tmp_path):
+    out = " ".join(_run([str(SCRIPT), "--help"]).split())  # argparse wraps the help lines
+    for text in ("load them, check, fine-tune and save", "where the .npz/.pt files go",
+                 "critic fine-tuning steps in JAX"):
+        assert text in out, out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -99,13 +100,15 @@ def test_gae_matches_a_python_loop():
 
 @pytest.mark.parametrize("recurrent", [True, False])
 def test_jitted_update_runs_and_learns_something(recurrent):
-    init, train_chunk = ppo.make_train(TINY, recurrent)
-    runner = jax.jit(init)(jax.random.key(0))
+    trainer = ppo.make_train(TINY, recurrent)
+    runner = jax.jit(trainer.init)(jax.random.key(0))
     before = runner.train_state.params
-    runner, metrics = jax.jit(train_chunk)(runner)
+    runner, metrics = jax.jit(trainer.train_chunk, static_argnums=1)(runner,
+                                                                     TINY.updates_per_chunk)
     assert metrics.value_loss.shape == (TINY.updates_per_chunk,)
     for name, value in metrics._asdict().items():
         assert np.all(np.isfinite(np.asarray(value))), name
+    assert metrics.finite.all()
     # Every rollout is whole episodes, so each update sees num_envs * episodes_per_rollout.
     np.testing.assert_array_equal(metrics.episodes, TINY.num_envs * TINY.episodes_per_rollout)
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), before, runner.train_state.params)
@@ -117,8 +120,7 @@ def test_jitted_update_runs_and_learns_something(recurrent):
 def untrained_lstm_agent():
     """``(config, params, greedy rollouts)`` of a freshly initialised LSTM agent."""
     config = dataclasses.replace(TINY, memory_length=6)
-    init, _ = ppo.make_train(config, True)
-    params = jax.jit(init)(jax.random.key(1)).train_state.params
+    params = jax.jit(ppo.make_train(config, True).init)(jax.random.key(1)).train_state.params
     rollouts = jax.jit(ppo.make_evaluate(config, True))(params, jax.random.key(2))
     return config, params, rollouts
 
@@ -156,17 +158,37 @@ def test_torch_export_matches_jax_and_catches_a_wrong_weight(untrained_lstm_agen
     assert np.max(np.abs(out["step"]["h"] - ref["step"]["h"])) > ppo.PARITY_ATOL
 
 
+@pytest.mark.parametrize(("curve", "expected"), [
+    ([0.0, 0.5, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95], 70),
+    # Touches the threshold, then collapses: "first >= threshold" would say 30.
+    ([0.0, 0.5, 0.95, 0.95, 0.95, 0.95, 0.95, 0.2, 0.1, 0.0], None),
+    ([0.0] * 10, None),
+])
+def test_steps_to_threshold_requires_the_curve_to_stay_above(curve, expected):
+    steps = np.arange(1, 11) * 10
+    assert ppo.HOLD_WINDOW == 5
+    # The 5-update trailing mean first reaches 0.9 at update 7 in the first curve
+    # (0.5 + 4 x 0.95 = 4.3 < 4.5 at update 6; 5 x 0.95 at update 7).
+    got = ppo.steps_to_threshold(steps, np.asarray(curve), 0.9)
+    assert got == expected
+
+
 def test_script_quick_run(tmp_path):
     pytest.importorskip("torchrl")
     pytest.importorskip("matplotlib")
     png = tmp_path / "curve.png"
     env = dict(os.environ, JAX_NUMPY_RANK_PROMOTION="raise")
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--seed", "1", "--output", str(png)],
+        [sys.executable, str(SCRIPT), "--quick", "--seed", "1", "--output", str(png),
+         "--output-dir", str(tmp_path / "out")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert png.is_file() and png.stat().st_size > 1000
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["devices"] == 1 and [s["seed"] for s in summary["seeds"]] == [1]
+    # The compile is its own phase, before the progress bar.
+    assert "LSTM: compiling" in proc.stdout
     assert "PARITY OK" in proc.stdout, proc.stdout[-3000:]
     assert str(png) in proc.stdout
     for row in ("LSTM", "memoryless"):
