@@ -92,6 +92,7 @@ def _core(params, x, state, is_init, reset_state, dropout_rng, *, config: CoreCo
         precision=config.precision,
         dropout_masks=masks,
         backward=config.backward,
+        target_grad=reset_state is not None,
     )
     if config.end_mask:
         # torchrl's layout: zeros except where the next step starts a new
