@@ -127,17 +127,15 @@ def _layer_custom_bwd(spec, saved, d_carries):
         )
         return _select(reset_t, target_t, before)
 
-    # Without remat, each step's gate gradients overwrite its (then dead) residual
-    # in one buffer carried through the loop, when the cell's shapes allow it: the
-    # after-loop matmul reads them from there, and the two never both take memory.
-    in_place = not spec.remat and _same_layout(cell, w, xs, carry0, residuals)
+    # With remat the weight gradients are summed step by step (in float32), so that
+    # every step's gate gradients are never all kept; otherwise they are one matmul
+    # over all steps after the loop.
+    in_loop = spec.remat
 
     def body(state, inputs):
-        d_carry, dw_sum, buffer = state
+        d_carry, dw_sum = state
         t, d_out_t, residual_t, new_t, x_t, reset_t, target_t = inputs
         prev_t = started_from(t, reset_t, _targets_at(spec, target, target_t))
-        if in_place:
-            residual_t = lax.dynamic_index_in_dim(buffer, t, keepdims=False)
         if spec.remat:
             gx = cell.project_input(w, x_t, precision=spec.precision, accum=accum)
             _, residual_t = cell.step(w, gx, prev_t, precision=spec.precision)
@@ -149,32 +147,26 @@ def _layer_custom_bwd(spec, saved, d_carries):
         keep = ~reset_t[:, None]
         d_carry = tuple(jnp.where(keep, d, 0) for d in d_prev)
         d_prev_out = d_prev if spec.target_grad else None
-        if spec.remat:
-            # remat trades speed for memory: the weight gradients are summed step by
-            # step (in float32) instead of keeping every step's gate gradients for one
-            # matmul after the loop.
+        if in_loop:
             dw_t, dx_t = cell.weight_grads(w, x_t, prev_t, d_pre, precision=spec.precision)
             dw_sum = jax.tree.map(jnp.add, dw_sum, dw_t)
-            return (d_carry, dw_sum, buffer), (None, d_prev_out, dx_t)
-        if in_place:
-            buffer = lax.dynamic_update_index_in_dim(buffer, d_pre.astype(buffer.dtype), t, 0)
-            return (d_carry, dw_sum, buffer), (None, d_prev_out, None)
-        return (d_carry, dw_sum, buffer), (d_pre, d_prev_out, None)
+            return (d_carry, dw_sum), (None, d_prev_out, dx_t)
+        return (d_carry, dw_sum), (d_pre, d_prev_out, None)
 
     zeros = tuple(jnp.zeros_like(c0, dtype=accum) for c0 in carry0)
     dw_sum = None
-    if spec.remat:
+    if in_loop:
         dw_sum = jax.tree.map(
             lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)), weights
         )
     steps, n = xs.shape[:2]
-    (d_carry0, dw_sum, buffer), (d_pre, d_prev, dxs) = lax.scan(
+    (d_carry0, dw_sum), (d_pre, d_prev, dxs) = lax.scan(
         body,
-        (zeros, dw_sum, residuals if in_place else None),
+        (zeros, dw_sum),
         (
             jnp.arange(steps),
             d_carries,
-            None if in_place else residuals,
+            residuals,
             carries,
             xs,
             resets,
@@ -183,9 +175,7 @@ def _layer_custom_bwd(spec, saved, d_carries):
         reverse=True,
         unroll=spec.unroll,
     )
-    if in_place:
-        d_pre = buffer
-    if spec.remat:
+    if in_loop:
         dw = dw_sum
     else:
         rows = steps * n
@@ -212,18 +202,6 @@ def _layer_custom_bwd(spec, saved, d_carries):
         d_target = tuple(jnp.zeros_like(t) for t in target)
     d_carry0 = tuple(d.astype(c.dtype) for d, c in zip(d_carry0, carry0))
     return dw, dxs, d_carry0, None, d_target
-
-
-def _same_layout(cell, w, xs, carry0, residuals) -> bool:
-    """Whether the cell's per-step gate gradients have its residual's shape and dtype."""
-    if residuals is None or not isinstance(residuals, jax.Array):
-        return False
-    d_pre = jax.eval_shape(
-        lambda: cell.step_backward(
-            w, residuals[0], carry0, carry0, carry0
-        )[0]
-    )
-    return d_pre.shape == residuals.shape[1:] and d_pre.dtype == residuals.dtype
 
 
 _layer_custom.defvjp(_layer_custom_fwd, _layer_custom_bwd)
