@@ -265,7 +265,7 @@ def _sweep_md(sweeps: dict) -> list[str]:
         w = deep["workload"]
         lines += [
             "",
-            f"### At depth: L={w.get('num_layers')}, B={w.get('batch')}, T={w.get('steps')} "
+            f"### At depth: L={w.get('L')}, B={w.get('B')}, T={w.get('T')} "
             "(compiled, not timed)",
             "",
             "| | temp | temp per row-step | total | total / torch saved |",
