@@ -74,7 +74,7 @@ def test_full_hidden_states_keeps_every_step():
     h_masked, h_full = np.asarray(h_masked), np.asarray(h_full)
     kept = h_masked != 0
     np.testing.assert_array_equal(h_masked[kept], h_full[kept])
-    assert (h_full != 0).all()
+    assert (h_full != 0).all() and not kept.all()
 
 
 def test_h_without_c_is_a_value_error():
