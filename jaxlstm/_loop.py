@@ -41,10 +41,32 @@ class LayerSpec(NamedTuple):
     target_grad: bool = True  # whether the reset target needs a gradient (False: zeros)
 
 
+@jax.custom_vjp
+def _reset(reset: jax.Array, target: jax.Array, value: jax.Array) -> jax.Array:
+    """``where(reset[:, None], target, value)`` for ``reset [N]``, ``target, value [N, W]``.
+
+    Its VJP keeps only the ``[N]`` mask: differentiating a plain ``jnp.where`` keeps
+    the mask broadcast to ``[N, W]`` for every step (two ``pred[T, N, H]`` stores per
+    step and layer in the HLO of JAX's automatic backward).
+    """
+    return jnp.where(reset[:, None], target, value)
+
+
+def _reset_fwd(reset, target, value):
+    return _reset(reset, target, value), reset
+
+
+def _reset_bwd(reset, g):
+    r = reset[:, None]
+    return None, jnp.where(r, g, 0), jnp.where(r, 0, g)
+
+
+_reset.defvjp(_reset_fwd, _reset_bwd)
+
+
 def _select(reset_t: jax.Array, target: tuple, carry: tuple) -> tuple:
-    # One `where` per carry array, all layers' resets at once: [N] -> [N, 1].
-    keep = ~reset_t[:, None]
-    return tuple(jnp.where(keep, c, t) for c, t in zip(carry, target))
+    # One select per carry array: the reset target where `reset_t` [N], else the carry.
+    return tuple(_reset(reset_t, t, c) for c, t in zip(carry, target))
 
 
 def _targets_at(spec: LayerSpec, target: tuple, t_inputs: Any) -> tuple:
