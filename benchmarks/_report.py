@@ -162,7 +162,7 @@ def markdown(result: dict) -> str:
             "`backward`, `input_projection` and `unroll` (options of the core; no forked math). "
             "The last column is the largest difference of the variant's weight gradients "
             "(train) or outputs (infer) from the default's, relative to their magnitude. "
-            "On CPU `core custom per_step unroll=1` is the default's own program timed again: "
+            "On CPU `core auto per_step unroll=1` is the default's own program timed again: "
             "its distance from 1.000 is the noise floor of the group.",
             "",
         ]
@@ -265,7 +265,7 @@ def _sweep_md(sweeps: dict) -> list[str]:
         w = deep["workload"]
         lines += [
             "",
-            f"### At depth: L={w.get('num_layers')}, B={w.get('batch')}, T={w.get('steps')} "
+            f"### At depth: L={w.get('L')}, B={w.get('B')}, T={w.get('T')} "
             "(compiled, not timed)",
             "",
             "| | temp | temp per row-step | total | total / torch saved |",

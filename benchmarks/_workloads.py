@@ -117,18 +117,13 @@ def make_data(wl: Workload, seed: int = 0) -> Data:
 
 def torch_layout_weights(wl: Workload, seed: int = 0) -> dict[str, np.ndarray]:
     """``nn.LSTM``-layout weights (U(±1/sqrt(H)), as torch initialises), shared by all peers."""
+    import jaxlstm
+
     rng = np.random.default_rng(seed + 1)
-    h = wl.hidden_size
-    bound = 1.0 / np.sqrt(h)
+    bound = 1.0 / np.sqrt(wl.hidden_size)
+    # The exported parameter table: torch's names, shapes and order.
+    shapes = jaxlstm.lstm_param_shapes(wl.input_size, wl.hidden_size, wl.num_layers, True)
     sd = {}
-    for layer in range(wl.num_layers):
-        fan_in = wl.input_size if layer == 0 else h
-        shapes = {
-            "weight_ih": (4 * h, fan_in),
-            "weight_hh": (4 * h, h),
-            "bias_ih": (4 * h,),
-            "bias_hh": (4 * h,),
-        }
-        for kind, shape in shapes.items():
-            sd[f"{kind}_l{layer}"] = rng.uniform(-bound, bound, shape).astype(np.float32)
+    for name, shape in shapes.items():
+        sd[name] = rng.uniform(-bound, bound, shape).astype(np.float32)
     return sd

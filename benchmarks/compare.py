@@ -573,10 +573,14 @@ def levers(run: Run) -> dict:
         }
         if best:
             run.log(f"    fastest: {best}")
-        same = results.get("core custom per_step unroll=1", {}).get("ratio_vs_core_default")
+        from jaxlstm._scan import default_backward
+
+        same = results.get(f"core {default_backward()} per_step unroll=1", {}).get(
+            "ratio_vs_core_default"
+        )
         if same is not None and jax_backend() == "cpu":
-            # On CPU the module's default is custom, per_step, unroll=1: the same program
-            # timed twice, so their spread is this group's noise floor.
+            # On CPU the module's default is this backward, per_step, unroll=1: the same
+            # program timed twice, so their spread is this group's noise floor.
             out[wl.name]["noise_floor"] = abs(same - 1.0)
             run.log(f"    noise floor (same program timed twice): {abs(same - 1.0):.1%}")
     return out

@@ -38,12 +38,35 @@ class LayerSpec(NamedTuple):
     unroll: int | bool
     remat: bool
     precision: Any
+    target_grad: bool = True  # whether the reset target needs a gradient (False: zeros)
+
+
+@jax.custom_vjp
+def _reset(reset: jax.Array, target: jax.Array, value: jax.Array) -> jax.Array:
+    """``where(reset[:, None], target, value)`` for ``reset [N]``, ``target, value [N, W]``.
+
+    Its VJP keeps only the ``[N]`` mask: differentiating a plain ``jnp.where`` keeps
+    the mask broadcast to ``[N, W]`` for every step (two ``pred[T, N, H]`` stores per
+    step and layer in the HLO of JAX's automatic backward).
+    """
+    return jnp.where(reset[:, None], target, value)
+
+
+def _reset_fwd(reset, target, value):
+    return _reset(reset, target, value), reset
+
+
+def _reset_bwd(reset, g):
+    r = reset[:, None]
+    return None, jnp.where(r, g, 0), jnp.where(r, 0, g)
+
+
+_reset.defvjp(_reset_fwd, _reset_bwd)
 
 
 def _select(reset_t: jax.Array, target: tuple, carry: tuple) -> tuple:
-    # One `where` per carry array, all layers' resets at once: [N] -> [N, 1].
-    keep = ~reset_t[:, None]
-    return tuple(jnp.where(keep, c, t) for c, t in zip(carry, target))
+    # One select per carry array: the reset target where `reset_t` [N], else the carry.
+    return tuple(_reset(reset_t, t, c) for c, t in zip(carry, target))
 
 
 def _targets_at(spec: LayerSpec, target: tuple, t_inputs: Any) -> tuple:
@@ -115,18 +138,28 @@ def _layer_custom_bwd(spec, saved, d_carries):
     weights, xs, carry0, resets, target, carries, residuals = saved
     cell = spec.cell
     w = cell.cast(weights, spec.compute_dtype)
-    mask = resets[:, :, None]  # [T, N, 1]
-    # The carry each step started from, after its reset: shift by one, then select.
-    prev = tuple(jnp.concatenate([c0[None], c[:-1]], axis=0) for c0, c in zip(carry0, carries))
-    if spec.per_step_reset:
-        prev = tuple(jnp.where(mask, t, p) for t, p in zip(target, prev))
-    else:
-        prev = tuple(jnp.where(mask, t[None], p) for t, p in zip(target, prev))
+    accum = spec.carry_dtype
 
-    def body(d_carry, inputs):
-        d_out_t, residual_t, prev_t, new_t, x_t, reset_t = inputs
-        if residual_t is None:
-            gx = cell.project_input(w, x_t, precision=spec.precision, accum=spec.carry_dtype)
+    def started_from(t, reset_t, target_t):
+        # The carry step t started from, after its reset, read from the saved
+        # carries (no shifted copy of them is made).
+        before = tuple(
+            jnp.where(t == 0, c0, lax.dynamic_index_in_dim(c, jnp.maximum(t - 1, 0), keepdims=False))
+            for c0, c in zip(carry0, carries)
+        )
+        return _select(reset_t, target_t, before)
+
+    # With remat the weight gradients are summed step by step (in float32), so that
+    # every step's gate gradients are never all kept; otherwise they are one matmul
+    # over all steps after the loop.
+    in_loop = spec.remat
+
+    def body(state, inputs):
+        d_carry, dw_sum = state
+        t, d_out_t, residual_t, new_t, x_t, reset_t, target_t = inputs
+        prev_t = started_from(t, reset_t, _targets_at(spec, target, target_t))
+        if spec.remat:
+            gx = cell.project_input(w, x_t, precision=spec.precision, accum=accum)
             _, residual_t = cell.step(w, gx, prev_t, precision=spec.precision)
         d_new = tuple(a + b for a, b in zip(d_carry, d_out_t))
         d_pre, d_prev = cell.step_backward(
@@ -135,32 +168,60 @@ def _layer_custom_bwd(spec, saved, d_carries):
         # A reset step's carry came from the target, not from the step before.
         keep = ~reset_t[:, None]
         d_carry = tuple(jnp.where(keep, d, 0) for d in d_prev)
-        return d_carry, (d_pre, d_prev)
+        d_prev_out = d_prev if spec.target_grad else None
+        if in_loop:
+            dw_t, dx_t = cell.weight_grads(w, x_t, prev_t, d_pre, precision=spec.precision)
+            dw_sum = jax.tree.map(jnp.add, dw_sum, dw_t)
+            return (d_carry, dw_sum), (None, d_prev_out, dx_t)
+        return (d_carry, dw_sum), (d_pre, d_prev_out, None)
 
-    zeros = tuple(jnp.zeros_like(c0, dtype=spec.carry_dtype) for c0 in carry0)
-    xs_needed = xs if (spec.remat) else None
-    d_carry0, (d_pre, d_prev) = lax.scan(
+    zeros = tuple(jnp.zeros_like(c0, dtype=accum) for c0 in carry0)
+    dw_sum = None
+    if in_loop:
+        dw_sum = jax.tree.map(
+            lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)), weights
+        )
+    steps, n = xs.shape[:2]
+    (d_carry0, dw_sum), (d_pre, d_prev, dxs) = lax.scan(
         body,
-        zeros,
-        (d_carries, residuals, prev, carries, xs_needed, resets),
+        (zeros, dw_sum),
+        (
+            jnp.arange(steps),
+            d_carries,
+            residuals,
+            carries,
+            xs,
+            resets,
+            target if spec.per_step_reset else None,
+        ),
         reverse=True,
         unroll=spec.unroll,
     )
-    steps, n = xs.shape[:2]
-    rows = steps * n
+    if in_loop:
+        dw = dw_sum
+    else:
+        rows = steps * n
 
-    def flat(a):
-        return jnp.reshape(a, (rows,) + a.shape[2:])
+        def flat(a):
+            return jnp.reshape(a, (rows,) + a.shape[2:])
 
-    dw, dxs = cell.weight_grads(
-        w, flat(xs), tuple(flat(p) for p in prev), flat(d_pre), precision=spec.precision
-    )
+        mask = resets[:, :, None]
+        # The carries every step started from, for the weight gradients (one matmul).
+        prev = tuple(jnp.concatenate([c0[None], c[:-1]], axis=0) for c0, c in zip(carry0, carries))
+        per_step_target = target if spec.per_step_reset else tuple(t[None] for t in target)
+        prev = tuple(jnp.where(mask, t, p) for t, p in zip(per_step_target, prev))
+        dw, dxs = cell.weight_grads(
+            w, flat(xs), tuple(flat(p) for p in prev), flat(d_pre), precision=spec.precision
+        )
     dw = jax.tree.map(lambda g, p: g.astype(p.dtype), dw, weights)
     dxs = jnp.reshape(dxs, xs.shape).astype(xs.dtype)
-    d_target = tuple(jnp.where(mask, d, 0) for d in d_prev)
-    if not spec.per_step_reset:
-        d_target = tuple(jnp.sum(d, axis=0) for d in d_target)
-    d_target = tuple(d.astype(t.dtype) for d, t in zip(d_target, target))
+    if spec.target_grad:
+        d_target = tuple(jnp.where(resets[:, :, None], d, 0) for d in d_prev)
+        if not spec.per_step_reset:
+            d_target = tuple(jnp.sum(d, axis=0) for d in d_target)
+        d_target = tuple(d.astype(t.dtype) for d, t in zip(d_target, target))
+    else:
+        d_target = tuple(jnp.zeros_like(t) for t in target)
     d_carry0 = tuple(d.astype(c.dtype) for d, c in zip(d_carry0, carry0))
     return dw, dxs, d_carry0, None, d_target
 
@@ -205,6 +266,7 @@ def run_stack(
     precision: Any,
     dropout_masks: jax.Array | None,
     backward: Backward,
+    target_grad: bool = True,
 ) -> tuple[jax.Array, tuple]:
     """Runs every layer, with dropout between layers.
 
@@ -214,13 +276,25 @@ def run_stack(
       resets: bool ``[T, N]``.
       target: tuple of ``[N, L, W]`` (constant) or ``[T, N, L, W]`` (per step).
       dropout_masks: ``[L - 1, T, N, W_y]`` scaled keep masks, or None.
+      target_grad: False when the target is the implicit zeros, whose gradient
+        nobody reads (the custom backward then does not compute it).
 
     Returns:
       ``(ys, carries)``: the last layer's outputs ``[T, N, W_y]`` in the
       compute dtype and every layer's carry after every step, a tuple of
       ``[T, N, L, W]``.
     """
-    spec = LayerSpec(cell, compute_dtype, carry_dtype, per_step_reset, hoisted, unroll, remat, precision)
+    spec = LayerSpec(
+        cell,
+        compute_dtype,
+        carry_dtype,
+        per_step_reset,
+        hoisted,
+        unroll,
+        remat,
+        precision,
+        target_grad,
+    )
     layer_in = xs
     per_layer = []
     axis = 2 if per_step_reset else 1

@@ -74,8 +74,9 @@ class LSTM(nn.Module):
       precision: ``lax.dot_general`` precision of the matmuls.
       input_projection: ``"auto"``, ``"per_step"`` or ``"hoisted"`` (see
         ``lstm_scan``).
-      backward: ``"custom"`` (the hand-written backward, default) or
-        ``"auto"`` (JAX differentiates the scan); see ``lstm_scan``.
+      backward: ``"custom"`` (the hand-written backward), ``"auto"`` (JAX
+        differentiates the scan) or None (default: per backend, "auto" on
+        CPU, "custom" on GPU/TPU); see ``lstm_scan``.
     """
 
     hidden_size: int
@@ -89,7 +90,7 @@ class LSTM(nn.Module):
     remat: bool = False
     precision: Any = None
     input_projection: str = "auto"
-    backward: str = "custom"
+    backward: str | None = None
 
     @nn.compact
     def __call__(

@@ -48,7 +48,7 @@ class CoreConfig(NamedTuple):
     remat: bool = False
     input_projection: str = "per_step"  # resolved: "per_step" | "hoisted"
     dropout_rate: float = 0.0
-    backward: str = "custom"
+    backward: str = "custom"  # resolved: "custom" | "auto"
 
 
 def _core(params, x, state, is_init, reset_state, dropout_rng, *, config: CoreConfig):
@@ -92,6 +92,7 @@ def _core(params, x, state, is_init, reset_state, dropout_rng, *, config: CoreCo
         precision=config.precision,
         dropout_masks=masks,
         backward=config.backward,
+        target_grad=reset_state is not None,
     )
     if config.end_mask:
         # torchrl's layout: zeros except where the next step starts a new
@@ -116,9 +117,24 @@ def resolve_input_projection(input_projection: str) -> str:
     return input_projection
 
 
-def check_backward(backward: str) -> str:
+@functools.cache
+def default_backward() -> str:
+    """The backward pass used when none is chosen, per backend, from measurements.
+
+    On XLA:CPU JAX's automatic backward measured 1.1-1.4x faster than the
+    hand-written one (W1 and T=1024; ``benchmarks/README.md`` says why: the
+    weight-gradient matmul after the loop runs on XLA:CPU's slow
+    transposed-operand path), while the hand-written one plans less memory
+    without ``remat``. Elsewhere the hand-written one (cuDNN's structure).
+    """
+    return "auto" if jax.default_backend() == "cpu" else "custom"
+
+
+def check_backward(backward: str | None) -> str:
+    if backward is None:
+        return default_backward()
     if backward not in ("custom", "auto"):
-        raise ValueError(f"backward must be 'custom' or 'auto'. Got {backward!r}.")
+        raise ValueError(f"backward must be 'custom', 'auto' or None. Got {backward!r}.")
     return backward
 
 
@@ -136,7 +152,7 @@ def lstm_scan(
     unroll: int | bool = 1,
     remat: bool = False,
     input_projection: InputProjection = "auto",
-    backward: Backward = "custom",
+    backward: Backward | None = None,
 ) -> tuple[jax.Array, LSTMState]:
     """Runs a stacked LSTM over a sequence, resetting the state where ``is_init``.
 
@@ -169,9 +185,12 @@ def lstm_scan(
       input_projection: ``"per_step"`` projects each step's input inside the
         loop; ``"hoisted"`` projects a layer's inputs for all steps first;
         ``"auto"`` picks per backend (``default_input_projection``).
-      backward: ``"custom"`` (default): the hand-written backward, a reverse
-        scan carrying only ``(dh, dc)`` with the weight gradients as one
-        matmul after it; ``"auto"``: JAX differentiates the scan.
+      backward: ``"custom"``: the hand-written backward, a reverse scan
+        carrying only ``(dh, dc)`` with the weight gradients as one matmul
+        after it (summed per step with ``remat``); ``"auto"``: JAX
+        differentiates the scan; None (default): per backend,
+        ``default_backward()`` ("auto" on CPU, where it measured faster,
+        "custom" on GPU/TPU).
 
     Returns:
       ``(y, states)``: ``y [*B, T, H]`` in the compute dtype, and the state after

@@ -7,7 +7,7 @@ from typing import Any
 
 import jax
 
-from ._scan import CoreConfig, core, default_input_projection
+from ._scan import CoreConfig, core, default_backward, default_input_projection
 from ._state import LSTMState
 
 
@@ -74,12 +74,17 @@ def torchrl_apply(
             remat=bool(remat),
             dropout_rate=float(dropout_rate),
             input_projection=default_input_projection(),
+            backward=default_backward(),
         )
         y, states = core(params, x, None, is_init, stored, dropout_rng, config=config)
     else:
         # Step mode: resets load zeros.
         config = CoreConfig(
-            recurrent=False, precision=precision, remat=bool(remat), dropout_rate=float(dropout_rate)
+            recurrent=False,
+            precision=precision,
+            remat=bool(remat),
+            dropout_rate=float(dropout_rate),
+            backward=default_backward(),
         )
         y, states = core(params, x, stored, is_init, None, dropout_rng, config=config)
     # torchrl writes every output in the input's dtype.

@@ -20,13 +20,8 @@ B, T, I, L, H = 3, 7, 4, 2, 5
 
 def _params():
     rng = np.random.default_rng(0)
-    params = {}
-    for k in range(L):
-        params[f"weight_ih_l{k}"] = rng.uniform(-0.4, 0.4, (4 * H, I if k == 0 else H))
-        params[f"weight_hh_l{k}"] = rng.uniform(-0.4, 0.4, (4 * H, H))
-        params[f"bias_ih_l{k}"] = rng.uniform(-0.4, 0.4, (4 * H,))
-        params[f"bias_hh_l{k}"] = rng.uniform(-0.4, 0.4, (4 * H,))
-    return {"params": {k: v.astype(np.float32) for k, v in params.items()}}
+    shapes = jaxlstm.lstm_param_shapes(I, H, L, True)
+    return {"params": {k: rng.uniform(-0.4, 0.4, s).astype(np.float32) for k, s in shapes.items()}}
 
 
 PARAMS = _params()
