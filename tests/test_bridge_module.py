@@ -8,7 +8,6 @@ both on clones of one tensordict and compares the three out keys at 1e-5
 from __future__ import annotations
 
 import ast
-import contextlib
 import copy
 import io
 import math
@@ -108,22 +107,6 @@ def assert_same_outputs(expected: TensorDict, actual: TensorDict, keys, atol=ATO
         np.testing.assert_allclose(
             got.detach().numpy(), want.detach().numpy(), atol=atol, rtol=0, err_msg=str(key)
         )
-
-
-@contextlib.contextmanager
-def count_compiles():
-    """Counts XLA backend compilations inside the block."""
-    count = [0]
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            count[0] += 1
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield count
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 # ----------------------------------------------------------------- parity
@@ -333,7 +316,7 @@ def test_no_grad_path_when_nothing_requires_grad():
 
 
 @pytest.mark.parametrize("grad", [False, True])
-def test_steady_state_steps_do_not_recompile(grad):
+def test_steady_state_steps_do_not_recompile(grad, count_compiles):
     _, ours = make_pair(2)
 
     def rollout(steps):
@@ -353,7 +336,7 @@ def test_steady_state_steps_do_not_recompile(grad):
     assert compiles[0] == 0
 
 
-def test_training_steps_do_not_recompile():
+def test_training_steps_do_not_recompile(count_compiles):
     _, ours = make_pair(2)
     opt = torch.optim.SGD(ours.parameters(), lr=0.01)
 

@@ -13,8 +13,6 @@ import sys
 import textwrap
 import threading
 
-import jax
-import numpy as np
 import pytest
 import torch
 from tensordict import TensorDict
@@ -151,20 +149,6 @@ def test_weights_written_by_another_process_into_shared_memory_are_seen(hidden_s
 # ---------------------------------------------------------------- compile counts
 
 
-@pytest.fixture
-def count_compiles():
-    """Counts XLA compilations while the test runs."""
-    count = [0]
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            count[0] += 1
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    yield count
-    jax.monitoring.unregister_event_duration_listener(listener)
-
-
 def sequence_td(steps, seed):
     g = torch.Generator().manual_seed(seed)
     is_init = torch.rand(steps, 1, generator=g) < 0.1
@@ -184,7 +168,7 @@ def test_varying_sequence_lengths_share_programs_and_match_torchrl(count_compile
     ref, ours = make_pair()
     lengths = range(29, 51)  # 22 distinct lengths, as SliceSampler(strict_length=False) gives
     buckets = {bridge.time_bucket(t) for t in lengths}
-    with set_recurrent_mode(True):
+    with count_compiles() as compiles, set_recurrent_mode(True):
         for steps in lengths:
             td = sequence_td(steps, seed=steps)
             expected, got = ref(td.clone()), ours(td.clone())
@@ -199,22 +183,21 @@ def test_varying_sequence_lengths_share_programs_and_match_torchrl(count_compile
                 torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     # One forward-with-residuals and one backward program per bucket, at most.
     assert len(buckets) <= 4
-    assert count_compiles[0] <= 2 * len(buckets)
+    assert compiles[0] <= 2 * len(buckets)
 
 
 def test_time_buckets_none_compiles_per_length_and_custom_buckets_are_checked(count_compiles):
     _, exact = make_pair(time_buckets=None)
-    with set_recurrent_mode(True), torch.no_grad():
+    with count_compiles() as compiles, set_recurrent_mode(True), torch.no_grad():
         for steps in (9, 10, 11):
             exact(sequence_td(steps, seed=steps))
-    assert count_compiles[0] == 3
+    assert compiles[0] == 3
     _, one = make_pair(time_buckets=lambda t: 64)
     _, bad = make_pair(time_buckets=lambda t: t - 1)
-    count_compiles[0] = 0
-    with set_recurrent_mode(True), torch.no_grad():
+    with count_compiles() as compiles, set_recurrent_mode(True), torch.no_grad():
         for steps in (9, 30, 64):
             assert one(sequence_td(steps, seed=steps))["y"].shape == (steps, H)
-        assert count_compiles[0] == 1
+        assert compiles[0] == 1
         td = sequence_td(9, seed=0)
         with pytest.raises(ValueError, match="time_buckets returned 8 for a sequence of T=9"):
             bad(td)
