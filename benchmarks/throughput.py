@@ -13,8 +13,9 @@ Two trainers, at the same configuration, on the same mesh:
 
 Both run rollout + GAE + ``update_epochs`` x ``num_minibatches`` PPO steps, for
 K seeds under ``vmap``, compiled once per point (ahead of time, not timed). Each
-point times ``repeats`` calls per trainer, interleaved, and reports the median
-steps/s and the ratio jaxlstm / purejaxrl (target: >= 1.0 at every point).
+point runs in its own process and times ``repeats`` calls of one trainer, then of
+the other, and reports the median steps/s and the ratio jaxlstm / purejaxrl (target: >= 1.0 at
+every point).
 
 On a CPU host the devices are forced (``--xla_force_host_platform_device_count``):
 they share the host's cores, so the device axis shows the partitioner's overhead,
@@ -230,24 +231,27 @@ def compiled_point(kind: str, config: Any, mesh, seeds: int, length: int):
     init = jax.vmap(init)
     shardings = shard(mesh, jax.eval_shape(init, keys))
     runner = jax.jit(init, out_shardings=shardings)(keys)
-    program = jax.jit(jax.vmap(functools.partial(chunk, length=length)), donate_argnums=0,
+    program = jax.jit(jax.vmap(functools.partial(chunk, length=length)),
                       out_shardings=(shardings, None))
     return program.lower(runner).compile(), runner
 
 
 def measure(config: Any, devices: int, seeds: int, length: int, repeats: int) -> dict:
     mesh = ppo.make_mesh(devices)
-    programs = {kind: compiled_point(kind, config, mesh, seeds, length)
-                for kind in ("jaxlstm", "purejaxrl")}
-    runners = {kind: runner for kind, (_, runner) in programs.items()}
-    times: dict[str, list[float]] = {kind: [] for kind in programs}
-    for rep in range(repeats + 1):  # the first call of each is a warm-up
-        for kind, (program, _) in programs.items():
+    times: dict[str, list[float]] = {}
+    for kind in ("jaxlstm", "purejaxrl"):
+        program, runner = compiled_point(kind, config, mesh, seeds, length)
+        times[kind] = []
+        for rep in range(repeats + 1):  # the first call is a warm-up
             t0 = time.perf_counter()
-            runners[kind], metrics = program(runners[kind])
-            jax.block_until_ready((runners[kind], metrics))
+            runner, metrics = program(runner)
+            # Not on the PRNG-key leaves: block_until_ready on a key array output
+            # never returned here (jax 0.10.2, XLA:CPU); one program's outputs are
+            # ready together.
+            jax.block_until_ready(jax.tree.leaves((runner.train_state.params, metrics)))
             if rep:
                 times[kind].append(time.perf_counter() - t0)
+        del program, runner
     env_steps = length * config.steps_per_update * seeds
     out = {"devices": devices, "seeds": seeds, "env_steps_per_call": env_steps}
     for kind, ts in times.items():
@@ -353,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
                 for k in (args.seeds or sorted({k for _, k in grid}))]
     repeats = args.repeats or repeats
     if args.point:  # one point, in this process: print its figures as one JSON line
+        import faulthandler
+
+        faulthandler.dump_traceback_later(args.point_timeout * 0.9, exit=False)
         print("POINT" + json.dumps(measure(config, *args.point, length, repeats)), flush=True)
         return 0
     name = args.name or ("throughput_smoke" if args.quick else "throughput_cpu")

@@ -11,8 +11,9 @@ What it does, top to bottom:
    ``lax.scan``), on gymnax's bsuite ``MemoryChain``. Then it trains a
    memoryless baseline (the same PPO with an MLP torso) the same way, with the
    same budget.
-2. Shows a progress bar with the current return, prints a summary table and
-   saves the learning curves to ``outputs/learning_curve.png``.
+2. Compiles (its own phase, timed), then shows a progress bar with the current
+   return; prints a summary table and saves the learning curves to
+   ``outputs/learning_curve.png`` and a machine-readable ``outputs/summary.json``.
 3. Exports the trained LSTM weights into ``bridge.LSTMModule`` and into
    torchrl's own ``torchrl.modules.LSTMModule`` (through ``load_state_dict``),
    and the heads into ``torch.nn`` modules; runs JAX, bridge and torchrl on the
@@ -36,7 +37,16 @@ LSTM agent first passes 0.9 after about 70-85k steps on every seed we tried;
 the whole script takes a few minutes on a 2-core CPU.
 
 Small settings for CI: ``python examples/train_ppo.py --quick`` (a memory
-length of 5 and 8k steps; every stage runs, the verdict means little).
+length of 5 and 8k steps; every stage runs in seconds; the LSTM often solves
+this easier task, which says little about the main job's).
+
+At scale (README, "Scaling"): ``--devices N`` shards each agent's env batch over
+a 1-D ``jax.sharding`` mesh (parameters replicated, jit's SPMD partitioner does
+the rest); ``--seeds K`` trains K agents in one program with ``vmap``;
+``--checkpoint-dir``/``--checkpoint-every``/``--resume``/``--stop-after`` save and
+restore the full training state with Orbax; a NaN or Inf stops the run naming
+the update; ``jax.distributed.initialize()`` runs when a multi-process launch
+is detected.
 """
 
 from __future__ import annotations
@@ -718,6 +728,20 @@ class Checkpoints:
         return dst
 
 
+def to_host(tree: Any) -> Any:
+    """``jax.device_get`` that also takes replicated arrays spanning several hosts.
+
+    In a multi-process run, an output replicated over every device is not fully
+    addressable from one process; its local copy is the whole value.
+    """
+    def get(a: Any) -> Any:
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            return np.asarray(a.addressable_data(0))
+        return jax.device_get(a)
+
+    return jax.tree.map(get, tree)
+
+
 def _is_key(a: Any) -> bool:
     return jnp.issubdtype(a.dtype, jax.dtypes.prng_key)
 
@@ -838,7 +862,7 @@ def train_agent(config: Config, recurrent: bool, name: str, mesh: Mesh | None = 
         loop_start = time.perf_counter()
         for end in ends:
             runner, metrics = compiled[end - update](runner)
-            metrics = jax.device_get(metrics)
+            metrics = to_host(metrics)
             finite = np.asarray(metrics.finite)  # [K, L]
             if not finite.all():
                 seed_index, offset = map(int, np.argwhere(~finite)[np.argmin(
@@ -868,10 +892,9 @@ def train_agent(config: Config, recurrent: bool, name: str, mesh: Mesh | None = 
 
     rate = trained_updates * config.steps_per_update * len(seeds) / max(train_time, 1e-9)
     params = runner.train_state.params
-    rollouts = jax.device_get(
-        jax.jit(jax.vmap(make_evaluate(config, recurrent)))(params, rng_eval))
+    rollouts = to_host(jax.jit(jax.vmap(make_evaluate(config, recurrent)))(params, rng_eval))
     steps = np.arange(1, total + 1) * config.steps_per_update
-    return Result(name, seeds, jax.device_get(params), steps, curves,
+    return Result(name, seeds, to_host(params), steps, curves,
                   np.asarray(rollouts.mean_return, np.float64), int(rollouts.episodes[0]),
                   rollouts, update, time.perf_counter() - start_time,
                   rate if trained_updates else 0.0, stopped)
@@ -880,7 +903,7 @@ def train_agent(config: Config, recurrent: bool, name: str, mesh: Mesh | None = 
 def params_l2(params: Any) -> float:
     """The L2 norm of a parameter tree, summed in float64 on the host."""
     return float(np.sqrt(sum(np.sum(np.square(np.asarray(a, np.float64)))
-                             for a in jax.tree.leaves(jax.device_get(params)))))
+                             for a in jax.tree.leaves(to_host(params)))))
 
 
 HOLD_WINDOW = 5  # updates in the trailing mean that must stay above the threshold

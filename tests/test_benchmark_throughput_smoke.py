@@ -23,7 +23,8 @@ def test_throughput_quick_run_writes_every_point(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("XLA_FLAGS", None)  # the benchmark forces its own CPU devices
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.throughput", "--quick", "--out-dir", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks.throughput", "--quick", "--out-dir", str(tmp_path),
+         "--point-timeout", "400"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     results = json.loads((tmp_path / "throughput_smoke.json").read_text())

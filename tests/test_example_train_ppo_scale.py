@@ -280,3 +280,35 @@ def test_two_devices_equal_one_and_split_the_batch():
         assert [d for _, d in info["shards"]] == [0, 1], (name, info)
         assert all(s[:3] == [seeds, steps, envs // 2] for s in shapes), (name, info)
     assert re.fullmatch(r"P(artitionSpec)?\(\)", out["params_spec"]), out["params_spec"]
+
+
+def test_cli_exits_3_with_the_message_on_nan(tmp_path, monkeypatch, capsys):
+    def fail(config, recurrent, name, mesh=None, opts=None):
+        raise ppo.NonFiniteError(f"{name}: NaN or Inf in the loss or the parameters at update 7")
+
+    monkeypatch.setattr(ppo, "train_agent", fail)
+    code = ppo.main(["--quick", "--skip-parity", "--output-dir", str(tmp_path)])
+    assert code == 3
+    assert "ERROR: LSTM: NaN or Inf in the loss or the parameters at update 7" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--resume"], "--resume needs --checkpoint-dir"),
+    (["--checkpoint-every", "5"], "--checkpoint-every needs --checkpoint-dir"),
+    (["--seeds", "0"], "--seeds must be >= 1. Got 0."),
+])
+def test_cli_rejects_inconsistent_options(args, message, capsys):
+    with pytest.raises(SystemExit):
+        ppo.parse_config(args)
+    assert message in capsys.readouterr().err
+
+
+def test_devices_must_divide_the_minibatches():
+    with pytest.raises(ValueError, match=r"num_envs must be a multiple of num_minibatches \* "
+                                         r"devices = 2 \* 1 .*Got num_envs=7"):
+        ppo.make_train(dataclasses.replace(TINY, num_envs=7), True, ppo.make_mesh(1))
+    n = len(jax.local_devices())
+    with pytest.raises(ValueError, match=rf"--devices must be between 1 and {n} .*Got {n + 1}"):
+        ppo.make_mesh(n + 1)

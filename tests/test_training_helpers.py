@@ -124,8 +124,8 @@ def test_burn_in_with_torchrl_stored_states_matches_torchrl(burn_in):
     td = TensorDict({
         "obs": torch.from_numpy(np.array(x)),
         "is_init": torch.from_numpy(np.array(is_init))[..., None],
-        "recurrent_state_h": torch.from_numpy(np.asarray(stored.h)),
-        "recurrent_state_c": torch.from_numpy(np.asarray(stored.c)),
+        "recurrent_state_h": torch.from_numpy(np.array(stored.h)),
+        "recurrent_state_c": torch.from_numpy(np.array(stored.c)),
     }, batch_size=batch + (T,))
     with torch.no_grad(), set_recurrent_mode(True):
         out = module(td)
