@@ -3,13 +3,17 @@
 A cell is everything the loop (``_loop.py``) needs to know about one layer's
 math; the loop itself (time, resets, dropout between layers, remat, unroll,
 per-step states, the custom backward's reverse scan) knows nothing about it.
-``LSTM_CELL`` is the first cell. A cell provides:
+``LSTM_CELL`` (``torch.nn.LSTM``) and ``GRU_CELL`` (``torch.nn.GRU``) are the
+cells. A cell provides:
 
 - ``kinds``: torch's parameter kinds of one layer (``weight_ih``, ...), and
   ``layer_param_shapes(input_size, hidden_size, bias)``: their shapes.
 - ``carry_widths(hidden_size)``: the widths of the carry's arrays, in order
   (LSTM: ``(H, H)`` for ``(h, c)``; an LSTM with projection would have
   ``(P, H)``). ``carry[0]`` is the layer's output ``y_t``.
+- ``state_arrays(state)`` / ``make_state(arrays)`` / ``check_state(...)``: the
+  user-facing state (LSTM: ``LSTMState(h, c)``; GRU: one array) to and from
+  the carry's arrays, and its trace-time check.
 - ``weights(layer_params, bias)``: one layer's arrays -> its weight pytree
   (LSTM: ``LayerWeights``, the two torch biases summed once), and
   ``cast(weights, dtype)``: the matmul-dtype copy the step uses.
@@ -33,6 +37,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from . import _checks
+from ._state import LSTMState
 
 
 class LayerWeights(NamedTuple):
@@ -142,6 +149,18 @@ class _LSTMCell:
     def carry_widths(self, hidden_size: int) -> tuple[int, ...]:
         return (hidden_size, hidden_size)  # (h, c)
 
+    def state_arrays(self, state: LSTMState) -> tuple[jax.Array, ...]:
+        """The user-facing state -> the carry's arrays, in carry order."""
+        return (state.h, state.c)
+
+    def make_state(self, arrays: tuple) -> LSTMState:
+        """The carry's arrays -> the user-facing state."""
+        return LSTMState(*arrays)
+
+    def check_state(self, state: Any, leading: tuple, layers: int, hidden: int, **kw: Any) -> None:
+        """``state`` must be an ``LSTMState`` of ``[*leading, L, H]`` arrays (see ``_checks``)."""
+        _checks.check_state(state, leading, layers, hidden, **kw)
+
     def weights(self, layer: dict[str, jax.Array], bias: bool) -> LayerWeights:
         # The two torch biases always appear summed: sum them once, outside the loop.
         b = layer["bias_ih"] + layer["bias_hh"] if bias else None
@@ -242,3 +261,189 @@ class _LSTMCell:
 
 
 LSTM_CELL = _LSTMCell()
+
+
+class GRUWeights(NamedTuple):
+    """Weights of one GRU layer in torch's layout (gates stacked r, z, n).
+
+    torch adds ``b_hn`` inside the reset gate's product (``r * (W_hn h + b_hn)``),
+    so it cannot be folded into the input bias; the other five biases can.
+    """
+
+    weight_ih: jax.Array  # shape=[3H, I]
+    weight_hh: jax.Array  # shape=[3H, H]
+    bias: jax.Array | None  # shape=[3H]: b_ih + [b_hr, b_hz, 0], or None without bias
+    bias_hn: jax.Array | None  # shape=[H]: b_hn, or None without bias
+
+
+def gru_cell(
+    weights: GRUWeights,
+    x: jax.Array,
+    h: jax.Array,
+    *,
+    precision: Any = None,
+) -> jax.Array:
+    """Runs one step of one GRU layer, as ``torch.nn.GRU``.
+
+    ``r, z = sigmoid(W_i{r,z} x + b_i{r,z} + W_h{r,z} h + b_h{r,z})``,
+    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``, ``h' = (1 - z) * n + z * h``.
+
+    Args:
+      weights: the layer's weights (``GRU_CELL.weights(...)``); their dtype is
+        the matmul dtype.
+      x: input ``[N, I]``.
+      h: hidden state ``[N, H]``; its dtype is the accumulation dtype.
+      precision: ``lax.dot_general`` precision.
+
+    Returns:
+      ``h'`` ``[N, H]`` in the dtype of ``h``.
+    """
+    gx = GRU_CELL.project_input(weights, x, precision=precision, accum=h.dtype)
+    (h_new,), _ = GRU_CELL.step(weights, gx, (h,), precision=precision)
+    return h_new
+
+
+class _GRUCell:
+    """``torch.nn.GRU``'s layer math as a cell (see the module docstring).
+
+    The carry is ``(h,)``; the user-facing state is the array ``h`` itself.
+    """
+
+    name = "gru"
+    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    gates = 3
+
+    def __repr__(self) -> str:
+        return "GRU_CELL"
+
+    def layer_param_shapes(
+        self, input_size: int, hidden_size: int, bias: bool
+    ) -> dict[str, tuple[int, ...]]:
+        g = self.gates * hidden_size
+        shapes = {"weight_ih": (g, input_size), "weight_hh": (g, hidden_size)}
+        if bias:
+            shapes["bias_ih"] = (g,)
+            shapes["bias_hh"] = (g,)
+        return shapes
+
+    def carry_widths(self, hidden_size: int) -> tuple[int, ...]:
+        return (hidden_size,)
+
+    def state_arrays(self, state: jax.Array) -> tuple[jax.Array, ...]:
+        return (state,)
+
+    def make_state(self, arrays: tuple) -> jax.Array:
+        (h,) = arrays
+        return h
+
+    def check_state(self, state: Any, leading: tuple, layers: int, hidden: int, **kw: Any) -> None:
+        """``state`` must be one ``[*leading, L, H]`` array (see ``_checks``)."""
+        _checks.check_array_state(state, leading, layers, hidden, **kw)
+
+    def weights(self, layer: dict[str, jax.Array], bias: bool) -> GRUWeights:
+        if not bias:
+            return GRUWeights(layer["weight_ih"], layer["weight_hh"], None, None)
+        b_hh = layer["bias_hh"]
+        hidden = b_hh.shape[0] // 3
+        # b_hr and b_hz are plain additive biases: fold them into the input bias once.
+        folded = jnp.concatenate([b_hh[: 2 * hidden], jnp.zeros((hidden,), b_hh.dtype)])
+        return GRUWeights(
+            layer["weight_ih"], layer["weight_hh"], layer["bias_ih"] + folded, b_hh[2 * hidden :]
+        )
+
+    def cast(self, w: GRUWeights, dtype: Any) -> GRUWeights:
+        return w._replace(weight_ih=w.weight_ih.astype(dtype), weight_hh=w.weight_hh.astype(dtype))
+
+    def project_input(
+        self, w: GRUWeights, x: jax.Array, *, precision: Any = None, accum: Any = None
+    ) -> jax.Array:
+        """``x W_ih^T + b``: ``[..., I]`` -> ``[..., 3H]`` in ``accum``."""
+        gx = project(
+            x.astype(w.weight_ih.dtype), w.weight_ih, precision=precision, accum_dtype=accum
+        )
+        if w.bias is not None:
+            gx = gx + lax.broadcast_to_rank(w.bias.astype(gx.dtype), gx.ndim)
+        return gx
+
+    def step(
+        self, w: GRUWeights, gx: jax.Array, carry: tuple[jax.Array, ...], *, precision: Any = None
+    ) -> tuple[tuple[jax.Array], jax.Array]:
+        """One step from the projected input ``gx [N, 3H]``; carry ``(h,)`` ``[N, H]``.
+
+        Returns ``((h',), acts)`` with ``acts = [r, z, n, W_hn h + b_hn]``
+        ``[N, 4H]``: what the backward needs besides the carry.
+        """
+        (h,) = carry
+        gh = project(
+            h.astype(w.weight_hh.dtype), w.weight_hh, precision=precision, accum_dtype=h.dtype
+        )
+        gx_r, gx_z, gx_n = jnp.split(gx, 3, axis=-1)
+        gh_r, gh_z, gh_n = jnp.split(gh, 3, axis=-1)
+        if w.bias_hn is not None:
+            gh_n = gh_n + lax.broadcast_to_rank(w.bias_hn.astype(gh_n.dtype), gh_n.ndim)
+        r = jax.nn.sigmoid(gx_r + gh_r)
+        z = jax.nn.sigmoid(gx_z + gh_z)
+        n = jnp.tanh(gx_n + r * gh_n)
+        # torch's form of (1 - z) * n + z * h.
+        h_new = n + z * (h - n)
+        return (h_new,), jnp.concatenate([r, z, n, gh_n], axis=-1)
+
+    def step_backward(
+        self,
+        w: GRUWeights,
+        acts: jax.Array,
+        carry: tuple[jax.Array, ...],
+        new_carry: tuple[jax.Array, ...],
+        d_new: tuple[jax.Array, ...],
+        *,
+        precision: Any = None,
+    ) -> tuple[jax.Array, tuple[jax.Array]]:
+        """The VJP of ``step``.
+
+        Returns ``(d_pre, (dh,))`` with ``d_pre = [dr, dz, dn, d(W_hn h + b_hn)]``
+        ``[N, 4H]`` (gate pre-activation gradients): the first three are the
+        input projection's gradient, ``[dr, dz, d_hn]`` the recurrent one's.
+        """
+        (h,) = carry
+        (dh,) = d_new
+        r, z, n, gh_n = jnp.split(acts, 4, axis=-1)
+        dn = dh * (1 - z) * (1 - n * n)
+        dz = dh * (h - n) * z * (1 - z)
+        d_ghn = dn * r
+        dr = dn * gh_n * r * (1 - r)
+        d_gh = jnp.concatenate([dr, dz, d_ghn], axis=-1)
+        dh_prev = dh * z + _back_project(
+            d_gh, w.weight_hh, precision=precision, accum_dtype=dh.dtype
+        )
+        return jnp.concatenate([dr, dz, dn, d_ghn], axis=-1), (dh_prev,)
+
+    def weight_grads(
+        self,
+        w: GRUWeights,
+        xs: jax.Array,
+        carries: tuple[jax.Array, ...],
+        d_pre: jax.Array,
+        *,
+        precision: Any = None,
+    ) -> tuple[GRUWeights, jax.Array]:
+        """All steps' weight gradients at once (see ``_LSTMCell.weight_grads``).
+
+        ``xs [R, I]``, ``carries ([R, H],)``, ``d_pre [R, 4H]``.
+        """
+        (h,) = carries
+        hidden = d_pre.shape[-1] // 4
+        d_gx = d_pre[:, : 3 * hidden]
+        d_gh = jnp.concatenate([d_pre[:, : 2 * hidden], d_pre[:, 3 * hidden :]], axis=-1)
+        mm = w.weight_hh.dtype
+        dw_ih = _outer_sum(d_gx.astype(mm), xs.astype(mm), precision=precision)
+        dw_hh = _outer_sum(d_gh.astype(mm), h.astype(mm), precision=precision)
+        if w.bias is None:
+            db = db_hn = None
+        else:
+            db = jnp.sum(d_gx, axis=0)
+            db_hn = jnp.sum(d_pre[:, 3 * hidden :], axis=0)
+        dxs = _back_project(d_gx, w.weight_ih, precision=precision, accum_dtype=d_pre.dtype)
+        return GRUWeights(dw_ih, dw_hh, db, db_hn), dxs
+
+
+GRU_CELL = _GRUCell()

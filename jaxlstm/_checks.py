@@ -108,3 +108,29 @@ def check_state(
             )
         _float_dtype(getattr(state, field), f"{name}.{field}")
     return state
+
+
+def check_array_state(
+    state: Any,
+    leading_shape: Sequence[int],
+    num_layers: int,
+    hidden_size: int,
+    *,
+    name: str = "state",
+    layout: str = "[*B, L, H]",
+) -> Any:
+    """Checks that ``state`` is one array of shape ``[*leading, L, H]`` (a GRU's state)."""
+    if isinstance(state, (LSTMState, tuple, list, dict)) or not hasattr(state, "shape"):
+        raise TypeError(
+            f"{name} must be one array {layout} (a GRU's hidden state). "
+            f"Got {type(state).__name__}."
+        )
+    expected = tuple(leading_shape) + (num_layers, hidden_size)
+    got = _shape(state)
+    if got != expected:
+        raise ValueError(
+            f"{name} must have shape {layout}={expected} "
+            f"(num_layers={num_layers}, hidden_size={hidden_size}). Got {got}."
+        )
+    _float_dtype(state, name)
+    return state

@@ -1,10 +1,12 @@
-"""Parameters in ``torch.nn.LSTM``'s names and layout, and their conversion.
+"""Parameters in ``torch.nn.LSTM``'s / ``torch.nn.GRU``'s names and layout, and their conversion.
 
 A parameter tree is ``{"params": {"weight_ih_l0": [4H, I], "weight_hh_l0":
 [4H, H], "bias_ih_l0": [4H], "bias_hh_l0": [4H], ...}}``: exactly the arrays of
 ``nn.LSTM.state_dict()``, so exchanging weights with torch is a copy of each
 array, bit for bit. Nothing here imports torch: a state dict of numpy arrays
 (from ``np.load`` of an ``.npz``, or safetensors) converts just as well.
+A GRU's tree has the same names with 3 gates (``[3H, I]``, ...); the
+converters tell the two apart by the shapes (``infer_cell``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from ._cell import LSTM_CELL
+from ._cell import GRU_CELL, LSTM_CELL
 
 _NAME = re.compile(
     r"^(?P<prefix>.*?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
@@ -107,7 +109,7 @@ def check_params(params: Mapping[str, Any], *, cell: Any = LSTM_CELL) -> ParamSp
     shapes = param_shapes(input_size, hidden, layers, has_bias, cell=cell)
     if set(params) != set(shapes):
         raise ValueError(
-            f"params must hold exactly {sorted(shapes)} for a {layers}-layer LSTM "
+            f"params must hold exactly {sorted(shapes)} for a {layers}-layer {cell.name.upper()} "
             f"{'with' if has_bias else 'without'} bias. Got keys: {sorted(params)}."
         )
     for name, shape in shapes.items():
@@ -118,6 +120,20 @@ def check_params(params: Mapping[str, Any], *, cell: Any = LSTM_CELL) -> ParamSp
             )
     dtype = jnp.result_type(*(params[name] for name in shapes))
     return ParamSpec(input_size, hidden, layers, has_bias, dtype)
+
+
+def infer_cell(params: Mapping[str, Any]) -> Any:
+    """The cell whose table a parameter dict follows, from its shapes alone.
+
+    ``weight_hh_l0`` is ``[gates * H, H]``: 4 gates is an LSTM, 3 a GRU.
+    Anything else is left to ``check_params`` (as an LSTM) to report.
+    """
+    w_hh = unwrap_params(params).get(param_name("weight_hh", 0))
+    if w_hh is not None and np.ndim(w_hh) == 2:
+        rows, hidden = np.shape(w_hh)
+        if hidden > 0 and rows == GRU_CELL.gates * hidden:
+            return GRU_CELL
+    return LSTM_CELL
 
 
 def lstm_dims(params: Mapping[str, Any]) -> tuple[int, int, int, bool]:
@@ -154,7 +170,10 @@ def _to_numpy(value: Any) -> np.ndarray:
 def params_from_torch_state_dict(
     state_dict: Mapping[str, Any], prefix: str | None = None
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Builds ``jaxlstm.LSTM`` parameters from a ``torch.nn.LSTM`` state dict.
+    """Builds ``jaxlstm.LSTM`` / ``jaxlstm.GRU`` parameters from a torch state dict.
+
+    The cell is recognised from the shapes (``weight_hh_l0`` ``[4H, H]``: LSTM,
+    ``[3H, H]``: GRU).
 
     Args:
       state_dict: arrays keyed by torch's names (``weight_ih_l0``, ...), possibly
@@ -201,7 +220,7 @@ def params_from_torch_state_dict(
         )
     (arrays,) = found.values()
     params = {name: _to_numpy(value) for name, value in arrays.items()}
-    check_params(params)
+    check_params(params, cell=infer_cell(params))
     return {"params": params}
 
 
@@ -221,5 +240,5 @@ def params_to_torch_state_dict(
       into ``nn.LSTM.load_state_dict`` bit for bit.
     """
     params = unwrap_params(params)
-    check_params(params)
+    check_params(params, cell=infer_cell(params))
     return {prefix + name: np.asarray(value) for name, value in params.items()}
