@@ -485,7 +485,9 @@ class _Table(NamedTuple):
     state_keys: tuple[str, ...]  # the default state keys, in order
     states_phrase: str  # for the key-count messages: "two hidden states"
     model: type  # the Flax module of to_jax
-    jax_cell: Any  # the jaxlstm cell: its parameter table
+    jax_cell: Callable  # torch RNN -> the jaxlstm cell (its parameter table)
+    state_widths: Callable  # torch RNN -> the last axis of each state (LSTMP: (P, H))
+    model_kwargs: Callable  # torch RNN -> extra fields of the Flax module
 
 
 def _check_backend_options(
@@ -621,7 +623,7 @@ class _RecurrentModule(TensorDictModuleBase):
         self._time_bucket = resolve_time_buckets(time_buckets)
         self._param_names = tuple(
             jaxlstm.lstm_param_shapes(
-                rnn.input_size, rnn.hidden_size, rnn.num_layers, rnn.bias, cell=table.jax_cell
+                rnn.input_size, rnn.hidden_size, rnn.num_layers, rnn.bias, cell=table.jax_cell(rnn)
             )
         )
         self._param_views = ParamViews(self._param_names)
@@ -853,6 +855,7 @@ class _RecurrentModule(TensorDictModuleBase):
             recurrent_mode=self.recurrent_mode,
             remat=self.recurrent_recompute == "full",
             precision=self._precision(),
+            **self._table.model_kwargs(lstm),
         )
         params = {name: torch_to_jax(getattr(lstm, name), copy=True) for name in self._param_names}
         return model, {"params": params}
@@ -919,9 +922,14 @@ class _RecurrentModule(TensorDictModuleBase):
                 "have compatible names, ie. the out_keys should be named after ('next', "
                 f"<in_key>). Got in_keys={self.in_keys} and out_keys={self.out_keys} instead."
             )
-        shape = (self._rnn.num_layers, self._rnn.hidden_size)
+        rnn = self._rnn
+        widths = self._table.state_widths(rnn)
         return TensorDictPrimer(
-            {key: Unbounded(shape=shape) for key in in_state}, expand_specs=True
+            {
+                key: Unbounded(shape=(rnn.num_layers, width))
+                for key, width in zip(in_state, widths)
+            },
+            expand_specs=True,
         )
 
     # ------------------------------------------------------------- forward
@@ -984,13 +992,14 @@ class _RecurrentModule(TensorDictModuleBase):
                 f"{weight.device}."
             )
         if states is not None:
-            state_shape = shape + (lstm.num_layers, lstm.hidden_size)
-            for key, state in zip(state_keys, states):
+            for key, state, width in zip(state_keys, states, self._table.state_widths(lstm)):
+                state_shape = shape + (lstm.num_layers, width)
+                last = "hidden_size" if width == lstm.hidden_size else "proj_size"
                 if not isinstance(state, torch.Tensor):
                     raise TypeError(f"{key!r} must be a tensor. Got {type(state).__name__}.")
                 if tuple(state.shape) != state_shape:
                     raise ValueError(
-                        f"{key!r} must have shape [*batch, num_layers, hidden_size]="
+                        f"{key!r} must have shape [*batch, num_layers, {last}]="
                         f"{state_shape}. Got {tuple(state.shape)}."
                     )
                 if state.dtype != value.dtype:
@@ -1164,7 +1173,10 @@ class LSTMModule(_RecurrentModule):
       batch_first: must be True (as torchrl requires).
       dropout: dropout on the outputs of every layer but the last, in training
         mode (``module.train()``), with masks drawn from torch's RNG. Default 0.
-      proj_size: only 0 is supported (NotImplementedError otherwise).
+      proj_size: torch's LSTMP: ``P > 0`` projects ``h`` to ``[..., P]``; the
+        ``h`` state key holds ``[*S, L, P]``, the ``c`` key ``[*S, L, H]``. Works
+        in both modes (torchrl 0.14.1's own module crashes in step mode with a
+        projection; this one matches ``nn.LSTM``).
       bidirectional: only False is supported (NotImplementedError otherwise).
       python_based: accepted for compatibility; torchrl's choice of a Python
         LSTM cell. There is one JAX implementation, so it changes nothing.
@@ -1216,7 +1228,7 @@ class LSTMModule(_RecurrentModule):
       ValueError: as torchrl's constructor, for bad key combinations, a
         missing ``hidden_size``, ``batch_first=False``, an ``lstm`` together
         with size arguments, or invalid backend options.
-      NotImplementedError: ``proj_size > 0`` or ``bidirectional=True``.
+      NotImplementedError: ``bidirectional=True``.
     """
 
     # Lists, as torchrl's (code that reads them may expect lists).
@@ -1263,10 +1275,6 @@ class LSTMModule(_RecurrentModule):
             bidirectional = lstm.bidirectional
         else:
             _check_new_rnn(hidden_size, batch_first, python_based, bidirectional, table)
-        if proj_size:
-            raise NotImplementedError(
-                f"proj_size={proj_size}: LSTMs with projections are not supported yet."
-            )
         if bidirectional:
             raise NotImplementedError(
                 "bidirectional=True: bidirectional LSTMs are not supported yet."
@@ -1278,6 +1286,7 @@ class LSTMModule(_RecurrentModule):
                 num_layers=num_layers,
                 bias=bias,
                 dropout=dropout,
+                proj_size=proj_size,
                 device=device,
                 batch_first=True,
             )
@@ -1417,7 +1426,9 @@ _TABLES = {
         state_keys=("recurrent_state_h", "recurrent_state_c"),
         states_phrase="two hidden states",
         model=jaxlstm.LSTM,
-        jax_cell=jaxlstm.LSTM_CELL,
+        jax_cell=lambda rnn: jaxlstm.lstm_projected_cell(rnn.proj_size),
+        state_widths=lambda rnn: (rnn.proj_size or rnn.hidden_size, rnn.hidden_size),
+        model_kwargs=lambda rnn: {"proj_size": rnn.proj_size},
     ),
     "gru": _Table(
         name="GRUModule",
@@ -1427,7 +1438,9 @@ _TABLES = {
         state_keys=("recurrent_state",),
         states_phrase="one hidden state",
         model=jaxlstm.GRU,
-        jax_cell=jaxlstm.GRU_CELL,
+        jax_cell=lambda rnn: jaxlstm.GRU_CELL,
+        state_widths=lambda rnn: (rnn.hidden_size,),
+        model_kwargs=lambda rnn: {},
     ),
 }
 LSTMModule._table = _TABLES["lstm"]

@@ -24,6 +24,7 @@ from ._cell import GRUWeights as GRUWeights
 from ._cell import LayerWeights as LayerWeights
 from ._cell import gru_cell as gru_cell
 from ._cell import lstm_cell as lstm_cell
+from ._cell import lstm_projected_cell as lstm_projected_cell
 from ._module import GRU as GRU
 from ._module import LSTM as LSTM
 from ._params import param_shapes as lstm_param_shapes

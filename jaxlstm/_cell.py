@@ -46,8 +46,9 @@ class LayerWeights(NamedTuple):
     """Weights of one LSTM layer in torch's layout (gates stacked i, f, g, o)."""
 
     weight_ih: jax.Array  # shape=[4H, I]
-    weight_hh: jax.Array  # shape=[4H, H]
+    weight_hh: jax.Array  # shape=[4H, H], or [4H, P] with a projection
     bias: jax.Array | None  # shape=[4H]: bias_ih + bias_hh, or None without bias
+    weight_hr: jax.Array | None = None  # shape=[P, H]: torch's proj_size > 0, else None
 
 
 def project(
@@ -127,27 +128,45 @@ def lstm_cell(
 
 
 class _LSTMCell:
-    """``torch.nn.LSTM``'s layer math as a cell (see the module docstring)."""
+    """``torch.nn.LSTM``'s layer math as a cell (see the module docstring).
+
+    With ``proj_size = P > 0`` it is torch's LSTMP: ``h' = (o * tanh(c')) W_hr^T``,
+    so ``h`` (the output and the recurrent input) is ``[N, P]`` and ``c`` stays
+    ``[N, H]``. Cells compare (and hash) by ``proj_size``: they are static
+    arguments of compiled programs.
+    """
 
     name = "lstm"
-    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
     gates = 4
 
+    def __init__(self, proj_size: int = 0):
+        self.proj_size = int(proj_size)
+
     def __repr__(self) -> str:
-        return "LSTM_CELL"
+        return f"lstm_projected_cell({self.proj_size})" if self.proj_size else "LSTM_CELL"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.proj_size == self.proj_size
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.proj_size))
 
     def layer_param_shapes(
         self, input_size: int, hidden_size: int, bias: bool
     ) -> dict[str, tuple[int, ...]]:
         g = self.gates * hidden_size
-        shapes = {"weight_ih": (g, input_size), "weight_hh": (g, hidden_size)}
+        p = self.proj_size
+        shapes = {"weight_ih": (g, input_size), "weight_hh": (g, p or hidden_size)}
         if bias:
             shapes["bias_ih"] = (g,)
             shapes["bias_hh"] = (g,)
+        if p:
+            shapes["weight_hr"] = (p, hidden_size)  # torch lists it after the biases
         return shapes
 
     def carry_widths(self, hidden_size: int) -> tuple[int, ...]:
-        return (hidden_size, hidden_size)  # (h, c)
+        return (self.proj_size or hidden_size, hidden_size)  # (h, c)
 
     def state_arrays(self, state: LSTMState) -> tuple[jax.Array, ...]:
         """The user-facing state -> the carry's arrays, in carry order."""
@@ -159,16 +178,17 @@ class _LSTMCell:
 
     def check_state(self, state: Any, leading: tuple, layers: int, hidden: int, **kw: Any) -> None:
         """``state`` must be an ``LSTMState`` of ``[*leading, L, H]`` arrays (see ``_checks``)."""
-        _checks.check_state(state, leading, layers, hidden, **kw)
+        _checks.check_state(state, leading, layers, hidden, widths=self.carry_widths(hidden), **kw)
 
     def weights(self, layer: dict[str, jax.Array], bias: bool) -> LayerWeights:
         # The two torch biases always appear summed: sum them once, outside the loop.
         b = layer["bias_ih"] + layer["bias_hh"] if bias else None
-        return LayerWeights(layer["weight_ih"], layer["weight_hh"], b)
+        return LayerWeights(layer["weight_ih"], layer["weight_hh"], b, layer.get("weight_hr"))
 
     def cast(self, w: LayerWeights, dtype: Any) -> LayerWeights:
         # The bias is added to the float32 (or wider) gates, so it keeps its dtype.
-        return LayerWeights(w.weight_ih.astype(dtype), w.weight_hh.astype(dtype), w.bias)
+        w_hr = None if w.weight_hr is None else w.weight_hr.astype(dtype)
+        return LayerWeights(w.weight_ih.astype(dtype), w.weight_hh.astype(dtype), w.bias, w_hr)
 
     def project_input(
         self, w: LayerWeights, x: jax.Array, *, precision: Any = None, accum: Any = None
@@ -198,6 +218,11 @@ class _LSTMCell:
         i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
         c_new = f * c + i * g
         h_new = o * jnp.tanh(c_new)
+        if w.weight_hr is not None:
+            h_new = project(
+                h_new.astype(w.weight_hr.dtype), w.weight_hr, precision=precision,
+                accum_dtype=c.dtype,
+            )
         return (h_new, c_new), jnp.concatenate([i, f, g, o], axis=-1)
 
     def step_backward(
@@ -210,12 +235,21 @@ class _LSTMCell:
         *,
         precision: Any = None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """The VJP of ``step``: gate pre-activation gradients ``[N, 4H]`` and ``(dh, dc)``."""
+        """The VJP of ``step``: gate pre-activation gradients ``[N, 4H]`` and ``(dh, dc)``.
+
+        With a projection the first output is ``[N, 4H + P + H]``: the gates'
+        gradients, then ``dh'`` and ``o * tanh(c')``, which ``weight_grads``
+        needs for ``W_hr``.
+        """
         _, c = carry
         _, c_new = new_carry
         dh, dc = d_new
         i, f, g, o = jnp.split(acts, 4, axis=-1)
         tanh_c = jnp.tanh(c_new)
+        dh_proj = None
+        if w.weight_hr is not None:
+            dh_proj = dh
+            dh = _back_project(dh, w.weight_hr, precision=precision, accum_dtype=dc.dtype)
         dc = dc + dh * o * (1 - tanh_c * tanh_c)
         d_gates = jnp.concatenate(
             [
@@ -227,6 +261,8 @@ class _LSTMCell:
             axis=-1,
         )
         dh_prev = _back_project(d_gates, w.weight_hh, precision=precision, accum_dtype=dc.dtype)
+        if dh_proj is not None:
+            d_gates = jnp.concatenate([d_gates, dh_proj, o * tanh_c], axis=-1)
         return d_gates, (dh_prev, dc * f)
 
     def weight_grads(
@@ -252,15 +288,29 @@ class _LSTMCell:
         """
         h = carries[0]
         mm = w.weight_hh.dtype
+        dw_hr = None
+        if w.weight_hr is not None:
+            proj, hidden = w.weight_hr.shape
+            g = self.gates * hidden
+            dh_proj, h_full = d_gates[:, g : g + proj], d_gates[:, g + proj :]
+            d_gates = d_gates[:, :g]
+            dw_hr = _outer_sum(dh_proj.astype(mm), h_full.astype(mm), precision=precision)
         d_mm = d_gates.astype(mm)
         dw_ih = _outer_sum(d_mm, xs.astype(mm), precision=precision)
         dw_hh = _outer_sum(d_mm, h.astype(mm), precision=precision)
         db = None if w.bias is None else jnp.sum(d_gates, axis=0)
         dxs = _back_project(d_gates, w.weight_ih, precision=precision, accum_dtype=d_gates.dtype)
-        return LayerWeights(dw_ih, dw_hh, db), dxs
+        return LayerWeights(dw_ih, dw_hh, db, dw_hr), dxs
 
 
 LSTM_CELL = _LSTMCell()
+
+
+def lstm_projected_cell(proj_size: int) -> _LSTMCell:
+    """The LSTM cell with torch's ``proj_size`` (``LSTM_CELL`` for 0)."""
+    if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
+        raise ValueError(f"proj_size must be a non-negative integer. Got {proj_size!r}.")
+    return _LSTMCell(proj_size) if proj_size else LSTM_CELL
 
 
 class GRUWeights(NamedTuple):

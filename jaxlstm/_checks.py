@@ -89,22 +89,26 @@ def check_state(
     *,
     name: str = "state",
     layout: str = "[*B, L, H]",
+    widths: Sequence[int] | None = None,
 ) -> LSTMState:
     """Checks that ``state`` is an ``LSTMState`` of shape ``[*leading, L, H]``.
 
-    ``layout`` names the expected axes in the error message.
+    ``layout`` names the expected axes in the error message; ``widths`` are
+    the last axes of ``h`` and ``c`` (``(P, H)`` with a projection).
     """
     if not isinstance(state, LSTMState):
         raise TypeError(
             f"{name} must be a jaxlstm.LSTMState(h=..., c=...). Got {type(state).__name__}."
         )
-    expected = tuple(leading_shape) + (num_layers, hidden_size)
-    for field in ("h", "c"):
+    widths = tuple(widths) if widths is not None else (hidden_size, hidden_size)
+    for field, width in zip(("h", "c"), widths):
+        expected = tuple(leading_shape) + (num_layers, width)
         got = _shape(getattr(state, field))
         if got != expected:
+            proj = f", proj_size={width}" if width != hidden_size else ""
             raise ValueError(
                 f"{name}.{field} must have shape {layout}={expected} "
-                f"(num_layers={num_layers}, hidden_size={hidden_size}). Got {got}."
+                f"(num_layers={num_layers}, hidden_size={hidden_size}{proj}). Got {got}."
             )
         _float_dtype(getattr(state, field), f"{name}.{field}")
     return state

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._cell import GRU_CELL, LSTM_CELL
+from ._cell import GRU_CELL, LSTM_CELL, lstm_projected_cell
 from ._checks import check_input
 from ._params import param_name, param_shapes
 from ._prepare import reset_kind_of
@@ -99,6 +99,7 @@ class _Recurrent(nn.Module):
           TypeError: a non-floating ``x``, state or parameter; a float ``is_init``.
         """
         _check_hidden_size(self.hidden_size)
+        cell = self._the_cell()
         if self.bidirectional:
             raise NotImplementedError("bidirectional=True is not implemented yet.")
         # The core checks x (once); here only what declaring the params needs.
@@ -130,7 +131,7 @@ class _Recurrent(nn.Module):
             input_projection=resolve_input_projection(self.input_projection),
             dropout_rate=float(self.dropout),
             backward=check_backward(self.backward),
-            cell=self._cell,
+            cell=cell,
         )
         # `core` is jitted on its static config: an un-jitted `apply` hits its
         # compile cache; under an outer jit it is inlined.
@@ -157,7 +158,11 @@ class _Recurrent(nn.Module):
                 f"{'hold' if has_bias else 'hold no'} biases (bias_ih_l0, bias_hh_l0)."
             )
         w_hh = stored.get(param_name("weight_hh", 0))
-        if w_hh is not None and np.ndim(w_hh) == 2 and np.shape(w_hh)[-1] != self.hidden_size:
+        if (
+            w_hh is not None
+            and np.ndim(w_hh) == 2
+            and np.shape(w_hh)[-1] != self._the_cell().carry_widths(self.hidden_size)[0]
+        ):
             raise ValueError(
                 f"hidden_size: the module has hidden_size={self.hidden_size} but the params "
                 f"have hidden_size={np.shape(w_hh)[-1]} "
@@ -166,7 +171,7 @@ class _Recurrent(nn.Module):
         w_ih = stored[_FIRST]
         if np.ndim(w_ih) != 2:
             raise ValueError(
-                f"params['weight_ih_l0'] must have shape ({self._cell.gates}*hidden_size, "
+                f"params['weight_ih_l0'] must have shape ({self._the_cell().gates}*hidden_size, "
                 f"input_size). "
                 f"Got {tuple(np.shape(w_ih))}."
             )
@@ -174,7 +179,7 @@ class _Recurrent(nn.Module):
         if np.shape(x)[-1] != input_size:
             check_input(x, input_size, recurrent=self.recurrent_mode)  # raises, naming both
         expected = param_shapes(
-            input_size, self.hidden_size, self.num_layers, self.use_bias, cell=self._cell
+            input_size, self.hidden_size, self.num_layers, self.use_bias, cell=self._the_cell()
         )
         if set(stored) != set(expected):
             raise ValueError(
@@ -192,11 +197,14 @@ class _Recurrent(nn.Module):
     def _declare_params(self, input_size: int) -> dict[str, jax.Array]:
         init = _torch_uniform(1.0 / math.sqrt(self.hidden_size))
         shapes = param_shapes(
-            input_size, self.hidden_size, self.num_layers, self.use_bias, cell=self._cell
+            input_size, self.hidden_size, self.num_layers, self.use_bias, cell=self._the_cell()
         )
         return {
             name: self.param(name, init, shape, self.param_dtype) for name, shape in shapes.items()
         }
+
+    def _the_cell(self) -> Any:
+        return self._cell
 
     def set_recurrent_mode(self, mode: bool = True) -> _Recurrent:
         """Returns a copy in the given mode.
@@ -216,10 +224,10 @@ class _Recurrent(nn.Module):
         _check_hidden_size(self.hidden_size)
         if isinstance(batch_shape, int):
             batch_shape = (batch_shape,)
-        return self._cell.make_state(
+        return self._the_cell().make_state(
             tuple(
                 jnp.zeros(tuple(batch_shape) + (self.num_layers, w), dtype)
-                for w in self._cell.carry_widths(self.hidden_size)
+                for w in self._the_cell().carry_widths(self.hidden_size)
             )
         )
 
@@ -268,6 +276,16 @@ class LSTM(_Recurrent):
     """
 
     _cell = LSTM_CELL
+    proj_size: int = 0
+
+    def _the_cell(self) -> Any:
+        # torch's LSTMP: proj_size = P > 0 projects h to [.., P] (weight_hr_l{k} [P, H]).
+        if self.proj_size and self.proj_size >= self.hidden_size:
+            raise ValueError(
+                f"proj_size must be smaller than hidden_size (as torch.nn.LSTM requires). "
+                f"Got proj_size={self.proj_size}, hidden_size={self.hidden_size}."
+            )
+        return lstm_projected_cell(self.proj_size)
 
 
 class GRU(_Recurrent):

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from ._cell import GRU_CELL, LSTM_CELL
+from ._cell import GRU_CELL, LSTM_CELL, lstm_projected_cell
 
 _NAME = re.compile(
     r"^(?P<prefix>.*?)(?P<kind>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
@@ -99,6 +99,10 @@ def check_params(params: Mapping[str, Any], *, cell: Any = LSTM_CELL) -> ParamSp
                 f"Got dtype={dtype}."
             )
     hidden = int(np.shape(params[first_hh])[-1])
+    first_hr = param_name("weight_hr", 0)
+    if first_hr in params and np.ndim(params[first_hr]) == 2:
+        # A projected LSTM: weight_hh is [4H, P]; H is weight_hr's [P, H] last axis.
+        hidden = int(np.shape(params[first_hr])[-1])
     if hidden <= 0:
         raise ValueError(
             f"params[{first_hh!r}] has hidden_size={hidden} (shape "
@@ -128,11 +132,20 @@ def infer_cell(params: Mapping[str, Any]) -> Any:
     ``weight_hh_l0`` is ``[gates * H, H]``: 4 gates is an LSTM, 3 a GRU.
     Anything else is left to ``check_params`` (as an LSTM) to report.
     """
-    w_hh = unwrap_params(params).get(param_name("weight_hh", 0))
+    params = unwrap_params(params)
+    w_hh = params.get(param_name("weight_hh", 0))
     if w_hh is not None and np.ndim(w_hh) == 2:
         rows, hidden = np.shape(w_hh)
         if hidden > 0 and rows == GRU_CELL.gates * hidden:
             return GRU_CELL
+    return lstm_cell_for(params)
+
+
+def lstm_cell_for(params: Mapping[str, Any]) -> Any:
+    """The LSTM cell of a parameter dict: projected when it holds ``weight_hr_l0 [P, H]``."""
+    w_hr = unwrap_params(params).get(param_name("weight_hr", 0))
+    if w_hr is not None and np.ndim(w_hr) == 2 and np.shape(w_hr)[0] > 0:
+        return lstm_projected_cell(int(np.shape(w_hr)[0]))
     return LSTM_CELL
 
 
@@ -190,8 +203,7 @@ def params_from_torch_state_dict(
 
     Raises:
       ValueError: no LSTM arrays, several candidate prefixes, or inconsistent
-        shapes. NotImplementedError: bidirectional or projected (``proj_size``)
-        LSTMs.
+        shapes. NotImplementedError: bidirectional RNNs (``_reverse`` keys).
     """
     found: dict[str, dict[str, Any]] = {}
     for key, value in state_dict.items():
@@ -201,10 +213,6 @@ def params_from_torch_state_dict(
         if m["reverse"]:
             raise NotImplementedError(
                 f"state_dict key {key!r}: bidirectional LSTMs are not supported."
-            )
-        if m["kind"] == "weight_hr":
-            raise NotImplementedError(
-                f"state_dict key {key!r}: LSTMs with proj_size > 0 are not supported."
             )
         found.setdefault(m["prefix"], {})[key[len(m["prefix"]) :]] = value
     if not found:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _params
 from ._cell import GRU_CELL, LSTM_CELL
 from ._loop import Backward, run_stack
 from ._prepare import ResetKind, batch_major, prepare, reset_kind_of
@@ -183,7 +184,7 @@ def lstm_scan(
       is the true final state even when a row holds several trajectories.
     """
     return _scan(
-        LSTM_CELL, params, x, state, is_init, reset_state, dropout_rate=dropout_rate,
+        _params.lstm_cell_for(params), params, x, state, is_init, reset_state, dropout_rate=dropout_rate,
         dropout_rng=dropout_rng, dtype=dtype, precision=precision, unroll=unroll, remat=remat,
         input_projection=input_projection, backward=backward,
     )

@@ -7,7 +7,8 @@ from typing import Any
 
 import jax
 
-from ._cell import GRU_CELL, LSTM_CELL
+from ._cell import GRU_CELL
+from ._params import lstm_cell_for
 from ._scan import CoreConfig, core, default_input_projection
 from ._state import LSTMState
 
@@ -66,7 +67,7 @@ def torchrl_apply(
         )
     stored = None if h is None else LSTMState(h=h, c=c)
     y, states = _apply(
-        LSTM_CELL, params, x, stored, is_init, recurrent=recurrent,
+        lstm_cell_for(params), params, x, stored, is_init, recurrent=recurrent,
         full_hidden_states=full_hidden_states, dropout_rate=dropout_rate,
         dropout_rng=dropout_rng, precision=precision, remat=remat,
     )

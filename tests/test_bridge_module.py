@@ -601,10 +601,7 @@ def test_constructor_defaults_and_backend_only_arguments():
 
 @pytest.mark.parametrize(
     "kwargs, name",
-    [
-        ({"proj_size": 2}, "proj_size"),
-        ({"bidirectional": True}, "bidirectional"),
-    ],
+    [({"bidirectional": True}, "bidirectional")],
 )
 def test_unsupported_lstm_arguments_raise_not_implemented(kwargs, name):
     with pytest.raises(NotImplementedError, match=name):
