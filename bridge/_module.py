@@ -490,6 +490,10 @@ class _Table(NamedTuple):
     model_kwargs: Callable  # torch RNN -> extra fields of the Flax module
 
 
+def _directions(rnn: nn.Module) -> int:
+    return 2 if rnn.bidirectional else 1
+
+
 def _check_backend_options(
     recurrent_backend: str, recurrent_recompute: str, recurrent_matmul_precision: str
 ) -> None:
@@ -623,7 +627,12 @@ class _RecurrentModule(TensorDictModuleBase):
         self._time_bucket = resolve_time_buckets(time_buckets)
         self._param_names = tuple(
             jaxlstm.lstm_param_shapes(
-                rnn.input_size, rnn.hidden_size, rnn.num_layers, rnn.bias, cell=table.jax_cell(rnn)
+                rnn.input_size,
+                rnn.hidden_size,
+                rnn.num_layers,
+                rnn.bias,
+                cell=table.jax_cell(rnn),
+                bidirectional=rnn.bidirectional,
             )
         )
         self._param_views = ParamViews(self._param_names)
@@ -926,7 +935,7 @@ class _RecurrentModule(TensorDictModuleBase):
         widths = self._table.state_widths(rnn)
         return TensorDictPrimer(
             {
-                key: Unbounded(shape=(rnn.num_layers, width))
+                key: Unbounded(shape=(rnn.num_layers * _directions(rnn), width))
                 for key, width in zip(in_state, widths)
             },
             expand_specs=True,
@@ -993,13 +1002,13 @@ class _RecurrentModule(TensorDictModuleBase):
             )
         if states is not None:
             for key, state, width in zip(state_keys, states, self._table.state_widths(lstm)):
-                state_shape = shape + (lstm.num_layers, width)
+                state_shape = shape + (lstm.num_layers * _directions(lstm), width)
                 last = "hidden_size" if width == lstm.hidden_size else "proj_size"
                 if not isinstance(state, torch.Tensor):
                     raise TypeError(f"{key!r} must be a tensor. Got {type(state).__name__}.")
                 if tuple(state.shape) != state_shape:
                     raise ValueError(
-                        f"{key!r} must have shape [*batch, num_layers, {last}]="
+                        f"{key!r} must have shape [*batch, num_layers * directions, {last}]="
                         f"{state_shape}. Got {tuple(state.shape)}."
                     )
                 if state.dtype != value.dtype:
@@ -1177,7 +1186,9 @@ class LSTMModule(_RecurrentModule):
         ``h`` state key holds ``[*S, L, P]``, the ``c`` key ``[*S, L, H]``. Works
         in both modes (torchrl 0.14.1's own module crashes in step mode with a
         projection; this one matches ``nn.LSTM``).
-      bidirectional: only False is supported (NotImplementedError otherwise).
+      bidirectional: torch's bidirectional layers; the state keys hold
+        ``[*S, 2L, W]`` (torch's ``[L * D, W]`` order). Recurrent mode runs
+        each trajectory forwards and backwards on its own, as torchrl does.
       python_based: accepted for compatibility; torchrl's choice of a Python
         LSTM cell. There is one JAX implementation, so it changes nothing.
       recurrent_backend: accepted and checked as torchrl does (``"auto"``,
@@ -1228,7 +1239,6 @@ class LSTMModule(_RecurrentModule):
       ValueError: as torchrl's constructor, for bad key combinations, a
         missing ``hidden_size``, ``batch_first=False``, an ``lstm`` together
         with size arguments, or invalid backend options.
-      NotImplementedError: ``bidirectional=True``.
     """
 
     # Lists, as torchrl's (code that reads them may expect lists).
@@ -1275,10 +1285,6 @@ class LSTMModule(_RecurrentModule):
             bidirectional = lstm.bidirectional
         else:
             _check_new_rnn(hidden_size, batch_first, python_based, bidirectional, table)
-        if bidirectional:
-            raise NotImplementedError(
-                "bidirectional=True: bidirectional LSTMs are not supported yet."
-            )
         if lstm is None:
             lstm = nn.LSTM(
                 input_size=input_size,
@@ -1289,6 +1295,7 @@ class LSTMModule(_RecurrentModule):
                 proj_size=proj_size,
                 device=device,
                 batch_first=True,
+                bidirectional=bidirectional,
             )
         self._setup(
             lstm,
@@ -1333,7 +1340,7 @@ class GRUModule(_RecurrentModule):
       input_size, hidden_size, num_layers, bias, batch_first, dropout,
       python_based, recurrent_backend, recurrent_compute_dtype,
       recurrent_recompute, recurrent_matmul_precision: as ``LSTMModule``'s.
-      bidirectional: only False is supported (NotImplementedError otherwise).
+      bidirectional: as ``LSTMModule``'s.
 
     Keyword Args:
       in_key: the input key; the state key defaults to ``"recurrent_state"``.
@@ -1386,10 +1393,6 @@ class GRUModule(_RecurrentModule):
             bidirectional = gru.bidirectional
         else:
             _check_new_rnn(hidden_size, batch_first, python_based, bidirectional, table)
-        if bidirectional:
-            raise NotImplementedError(
-                "bidirectional=True: bidirectional GRUs are not supported yet."
-            )
         if gru is None:
             gru = nn.GRU(
                 input_size=input_size,
@@ -1399,6 +1402,7 @@ class GRUModule(_RecurrentModule):
                 dropout=dropout,
                 device=device,
                 batch_first=True,
+                bidirectional=bidirectional,
             )
         self._setup(
             gru,
@@ -1428,7 +1432,7 @@ _TABLES = {
         model=jaxlstm.LSTM,
         jax_cell=lambda rnn: jaxlstm.lstm_projected_cell(rnn.proj_size),
         state_widths=lambda rnn: (rnn.proj_size or rnn.hidden_size, rnn.hidden_size),
-        model_kwargs=lambda rnn: {"proj_size": rnn.proj_size},
+        model_kwargs=lambda rnn: {"proj_size": rnn.proj_size, "bidirectional": rnn.bidirectional},
     ),
     "gru": _Table(
         name="GRUModule",
@@ -1440,7 +1444,7 @@ _TABLES = {
         model=jaxlstm.GRU,
         jax_cell=lambda rnn: jaxlstm.GRU_CELL,
         state_widths=lambda rnn: (rnn.hidden_size,),
-        model_kwargs=lambda rnn: {},
+        model_kwargs=lambda rnn: {"bidirectional": rnn.bidirectional},
     ),
 }
 LSTMModule._table = _TABLES["lstm"]

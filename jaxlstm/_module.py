@@ -100,8 +100,6 @@ class _Recurrent(nn.Module):
         """
         _check_hidden_size(self.hidden_size)
         cell = self._the_cell()
-        if self.bidirectional:
-            raise NotImplementedError("bidirectional=True is not implemented yet.")
         # The core checks x (once); here only what declaring the params needs.
         if np.ndim(x) == 0:
             check_input(x, None, recurrent=self.recurrent_mode)
@@ -179,7 +177,8 @@ class _Recurrent(nn.Module):
         if np.shape(x)[-1] != input_size:
             check_input(x, input_size, recurrent=self.recurrent_mode)  # raises, naming both
         expected = param_shapes(
-            input_size, self.hidden_size, self.num_layers, self.use_bias, cell=self._the_cell()
+            input_size, self.hidden_size, self.num_layers, self.use_bias, cell=self._the_cell(),
+            bidirectional=bool(self.bidirectional),
         )
         if set(stored) != set(expected):
             raise ValueError(
@@ -197,7 +196,8 @@ class _Recurrent(nn.Module):
     def _declare_params(self, input_size: int) -> dict[str, jax.Array]:
         init = _torch_uniform(1.0 / math.sqrt(self.hidden_size))
         shapes = param_shapes(
-            input_size, self.hidden_size, self.num_layers, self.use_bias, cell=self._the_cell()
+            input_size, self.hidden_size, self.num_layers, self.use_bias, cell=self._the_cell(),
+            bidirectional=bool(self.bidirectional),
         )
         return {
             name: self.param(name, init, shape, self.param_dtype) for name, shape in shapes.items()
@@ -226,7 +226,7 @@ class _Recurrent(nn.Module):
             batch_shape = (batch_shape,)
         return self._the_cell().make_state(
             tuple(
-                jnp.zeros(tuple(batch_shape) + (self.num_layers, w), dtype)
+                jnp.zeros(tuple(batch_shape) + (self.num_layers * (2 if self.bidirectional else 1), w), dtype)
                 for w in self._the_cell().carry_widths(self.hidden_size)
             )
         )
@@ -273,6 +273,18 @@ class LSTM(_Recurrent):
         ``lstm_scan``).
       backward: ``"custom"`` (the hand-written backward, default) or
         ``"auto"`` (JAX differentiates the scan); see ``lstm_scan``.
+      bidirectional: torch's bidirectional layers (``_reverse`` parameters;
+        ``y [..., 2H]``; states ``[*B, 2L, H]`` in torch's order, slot
+        ``2k + d``). In recurrent mode each trajectory (a segment between
+        resets) runs forwards and backwards on its own; the reverse direction
+        starts at the trajectory's last step from what the forward direction
+        starts from (``state`` for a row's first trajectory, ``reset_state``
+        at the trajectory's first step otherwise), as torchrl does. The
+        per-step state of a reverse slot is its state after processing that
+        step, so a reverse slot's final state (torch's ``h_n``) is at the
+        trajectory's first step, not its last.
+      proj_size: torch's LSTMP (``P > 0``, ``P < H``): ``weight_hr_l{k}
+        [P, H]``, ``y [..., P]``, ``h [*B, L, P]``, ``c [*B, L, H]``.
     """
 
     _cell = LSTM_CELL
@@ -306,8 +318,7 @@ class GRU(_Recurrent):
     Recurrent mode: ``x [*B, T, I]`` -> ``y [*B, T, H]`` and the state after
     every step, ``[*B, T, L, H]``.
 
-    Attributes: as ``LSTM``'s. ``bidirectional=True`` is not implemented yet
-    (NotImplementedError).
+    Attributes: as ``LSTM``'s (``bidirectional`` included).
     """
 
     _cell = GRU_CELL

@@ -43,20 +43,30 @@ def _describe(params: Mapping[str, Any]) -> str:
 
 
 def param_shapes(
-    input_size: int, hidden_size: int, num_layers: int, bias: bool, *, cell: Any = LSTM_CELL
+    input_size: int,
+    hidden_size: int,
+    num_layers: int,
+    bias: bool,
+    *,
+    cell: Any = LSTM_CELL,
+    bidirectional: bool = False,
 ) -> dict[str, tuple[int, ...]]:
     """The parameter table: torch's name -> shape of every array, layer by layer.
 
     Names and order are ``torch.nn.LSTM``'s (``weight_ih_l0, weight_hh_l0,
     bias_ih_l0, bias_hh_l0, weight_ih_l1, ...``). The module declares its
     parameters from this table, params are validated against it, and the
-    bridge and the benchmarks take their name lists from it.
+    bridge and the benchmarks take their name lists from it. Bidirectional
+    layers add torch's ``_reverse`` arrays after each layer's forward ones,
+    and layer ``k + 1`` reads both directions' outputs (``2 * W_y`` features).
     """
+    directions = ("", "_reverse") if bidirectional else ("",)
     shapes = {}
     for layer in range(num_layers):
-        in_l = input_size if layer == 0 else cell.carry_widths(hidden_size)[0]
-        for kind, shape in cell.layer_param_shapes(in_l, hidden_size, bias).items():
-            shapes[param_name(kind, layer)] = shape
+        in_l = input_size if layer == 0 else len(directions) * cell.carry_widths(hidden_size)[0]
+        for suffix in directions:
+            for kind, shape in cell.layer_param_shapes(in_l, hidden_size, bias).items():
+                shapes[param_name(kind, layer) + suffix] = shape
     return shapes
 
 
@@ -68,6 +78,7 @@ class ParamSpec(NamedTuple):
     num_layers: int
     bias: bool
     dtype: Any  # the parameters' common dtype (jnp.result_type of all arrays)
+    directions: int = 1  # 2 for bidirectional layers (torch's _reverse arrays)
 
 
 def check_params(params: Mapping[str, Any], *, cell: Any = LSTM_CELL) -> ParamSpec:
@@ -109,8 +120,11 @@ def check_params(params: Mapping[str, Any], *, cell: Any = LSTM_CELL) -> ParamSp
             f"{tuple(np.shape(params[first_hh]))}); hidden_size must be >= 1."
         )
     has_bias = param_name("bias_ih", 0) in params
+    bidirectional = param_name("weight_ih", 0) + "_reverse" in params
     input_size = int(np.shape(params[param_name("weight_ih", 0)])[-1])
-    shapes = param_shapes(input_size, hidden, layers, has_bias, cell=cell)
+    shapes = param_shapes(
+        input_size, hidden, layers, has_bias, cell=cell, bidirectional=bidirectional
+    )
     if set(params) != set(shapes):
         raise ValueError(
             f"params must hold exactly {sorted(shapes)} for a {layers}-layer {cell.name.upper()} "
@@ -123,7 +137,7 @@ def check_params(params: Mapping[str, Any], *, cell: Any = LSTM_CELL) -> ParamSp
                 f"input_size={input_size}). Got {tuple(np.shape(params[name]))}."
             )
     dtype = jnp.result_type(*(params[name] for name in shapes))
-    return ParamSpec(input_size, hidden, layers, has_bias, dtype)
+    return ParamSpec(input_size, hidden, layers, has_bias, dtype, 2 if bidirectional else 1)
 
 
 def infer_cell(params: Mapping[str, Any]) -> Any:
@@ -158,16 +172,21 @@ def lstm_dims(params: Mapping[str, Any]) -> tuple[int, int, int, bool]:
 def layer_weights(
     params: Mapping[str, Any], spec: ParamSpec, *, cell: Any = LSTM_CELL
 ) -> tuple[Any, ...]:
-    """Splits a validated parameter dict into the cell's per-layer weights (not cast)."""
+    """Splits a validated parameter dict into the cell's per-layer weights (not cast).
+
+    Bidirectional: per layer, a ``(forward, reverse)`` pair.
+    """
     params = unwrap_params(params)
-    return tuple(
-        cell.weights(
-            {kind: jnp.asarray(params[param_name(kind, k)]) for kind in cell.kinds
-             if param_name(kind, k) in params},
-            spec.bias,
+
+    def one(k, suffix):
+        names = {kind: param_name(kind, k) + suffix for kind in cell.kinds}
+        return cell.weights(
+            {kind: jnp.asarray(params[n]) for kind, n in names.items() if n in params}, spec.bias
         )
-        for k in range(spec.num_layers)
-    )
+
+    if spec.directions == 2:
+        return tuple((one(k, ""), one(k, "_reverse")) for k in range(spec.num_layers))
+    return tuple(one(k, "") for k in range(spec.num_layers))
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -203,17 +222,13 @@ def params_from_torch_state_dict(
 
     Raises:
       ValueError: no LSTM arrays, several candidate prefixes, or inconsistent
-        shapes. NotImplementedError: bidirectional RNNs (``_reverse`` keys).
+        shapes.
     """
     found: dict[str, dict[str, Any]] = {}
     for key, value in state_dict.items():
         m = _NAME.match(str(key))
         if m is None or (prefix is not None and m["prefix"] != prefix):
             continue
-        if m["reverse"]:
-            raise NotImplementedError(
-                f"state_dict key {key!r}: bidirectional LSTMs are not supported."
-            )
         found.setdefault(m["prefix"], {})[key[len(m["prefix"]) :]] = value
     if not found:
         where = f" under prefix {prefix!r}" if prefix is not None else ""

@@ -99,7 +99,8 @@ def prepare(
     else:
         batch_shape, steps = tuple(x.shape[:-1]), 1
     n = math.prod(batch_shape)
-    layers, hidden = spec.num_layers, spec.hidden_size
+    # Bidirectional states hold 2 slots per layer (torch's [L * D, H]).
+    layers, hidden = spec.num_layers * spec.directions, spec.hidden_size
 
     if dtype is not None:
         compute_dtype = jnp.dtype(dtype)

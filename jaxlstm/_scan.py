@@ -18,6 +18,7 @@ import numpy as np
 
 from . import _params
 from ._cell import GRU_CELL, LSTM_CELL
+from ._bidir import reverse_states_at_ends, run_bidirectional_stack
 from ._loop import Backward, run_stack
 from ._prepare import ResetKind, batch_major, prepare, reset_kind_of
 from ._state import LSTMState
@@ -78,10 +79,12 @@ def _core(params, x, state, is_init, reset_state, dropout_rng, *, config: CoreCo
     masks = None
     if dropout_rng is not None and config.dropout_rate > 0.0 and layers > 1:
         keep = 1.0 - config.dropout_rate
-        width = cell.carry_widths(p.spec.hidden_size)[0]
+        width = p.spec.directions * cell.carry_widths(p.spec.hidden_size)[0]
         masks = jax.random.bernoulli(dropout_rng, keep, (layers - 1, p.steps, n, width))
         masks = masks.astype(p.compute_dtype) / jnp.asarray(keep, p.compute_dtype)
-    ys, carries = run_stack(
+    bidirectional = p.spec.directions == 2
+    run = run_bidirectional_stack if bidirectional else run_stack
+    ys, carries = run(
         cell,
         p.weights,
         p.xs,
@@ -103,6 +106,8 @@ def _core(params, x, state, is_init, reset_state, dropout_rng, *, config: CoreCo
         # trajectory, and at the last step. Uses the caller's resets (not the
         # forced reset at step 0).
         end = jnp.concatenate([p.resets[1:], jnp.ones((1, n), jnp.bool_)], axis=0)
+        if bidirectional:
+            carries = reverse_states_at_ends(carries, resets)
         carries = tuple(jnp.where(end[:, :, None, None], c, 0) for c in carries)
     layout = functools.partial(batch_major, prepared=p, recurrent=config.recurrent)
     return layout(ys), cell.make_state(tuple(layout(c) for c in carries))

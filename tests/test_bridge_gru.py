@@ -225,7 +225,6 @@ def test_torch_vmap_over_inputs_equals_the_batched_call():
     [
         ({"in_keys": ["obs", "h", "c"], "out_keys": ["out", "h2"]}, ValueError, "2 inputs"),
         ({"in_keys": ["obs", "h"], "out_keys": ["out", "h2", "c2"]}, ValueError, "2 outputs"),
-        ({**FLAT_KEYS, "bidirectional": True}, NotImplementedError, "bidirectional"),
         ({**FLAT_KEYS, "batch_first": False}, ValueError, "batch_first"),
     ],
 )

@@ -1,4 +1,4 @@
-"""The rest of torch's recurrent options against torch and torchrl: LSTM ``proj_size``.
+"""The rest of torch's recurrent options against torch and torchrl: LSTM ``proj_size``, bidirectional.
 
 Core (``jaxlstm``) against ``torch.nn.LSTM(proj_size=P)`` on the same weights,
 forward, states and gradients, with resets; the bridge against torchrl 0.14.1's
@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from tensordict import TensorDict
+from torchrl.modules import GRUModule as TorchRLGRUModule
 from torchrl.modules import LSTMModule as TorchRLLSTMModule
 from torchrl.modules import set_recurrent_mode
 
@@ -222,3 +223,157 @@ def test_bridge_projected_step_mode_matches_nn_lstm_where_torchrl_crashes():
         params, td["obs"].numpy(), LSTMState(td["h"].numpy(), td["c"].numpy()), td["is_init"].numpy()
     )
     np.testing.assert_allclose(np.asarray(y_jax), out["out"].numpy(), atol=1e-5)
+
+
+# ------------------------------------------------------------ bidirectional
+
+
+def torch_rnn(kind, num_layers, bias=True, seed=0):
+    torch.manual_seed(seed)
+    cls = torch.nn.LSTM if kind == "lstm" else torch.nn.GRU
+    return cls(INPUT_SIZE, HIDDEN, num_layers=num_layers, bias=bias, batch_first=True,
+               bidirectional=True)
+
+
+def core_model(kind, num_layers, bias=True):
+    cls = LSTM if kind == "lstm" else jaxlstm.GRU
+    return cls(HIDDEN, num_layers=num_layers, use_bias=bias, bidirectional=True,
+               recurrent_mode=True)
+
+
+def as_state(kind, h, c):
+    return LSTMState(h, c) if kind == "lstm" else h
+
+
+def torch_state(kind, h, c):
+    h = torch.tensor(h).transpose(0, 1).contiguous()
+    if kind == "lstm":
+        return (h, torch.tensor(c).transpose(0, 1).contiguous())
+    return h
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("num_layers, bias", [(1, True), (2, False)])
+def test_bidirectional_forward_matches_torch(kind, num_layers, bias):
+    rnn = torch_rnn(kind, num_layers, bias)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, T, INPUT_SIZE)).astype(np.float32)
+    h0, c0 = (rng.normal(size=(3, 2 * num_layers, HIDDEN)).astype(np.float32) for _ in range(2))
+    params = jaxlstm.params_from_torch_state_dict(rnn.state_dict())
+    assert "weight_hh_l0_reverse" in params["params"]
+    y, states = core_model(kind, num_layers, bias).apply(params, x, as_state(kind, h0, c0))
+    y_t, out_t = rnn(torch.tensor(x), torch_state(kind, h0, c0))
+    np.testing.assert_allclose(y, y_t.detach().numpy(), atol=1e-5)
+    h_n = (out_t[0] if kind == "lstm" else out_t).transpose(0, 1).detach().numpy()
+    h = states.h if kind == "lstm" else states
+    # Forward slots: the state after the last step; reverse slots: after step 0.
+    np.testing.assert_allclose(h[:, -1, 0::2], h_n[:, 0::2], atol=1e-5)
+    np.testing.assert_allclose(h[:, 0, 1::2], h_n[:, 1::2], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("reset_kind", ["constant", "per_step"])
+def test_bidirectional_trajectories_run_on_their_own(kind, reset_kind):
+    # Each trajectory of a row equals torch's bidirectional RNN run on it alone,
+    # from the state its forward direction starts from.
+    rnn = torch_rnn(kind, 2)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, T, INPUT_SIZE)).astype(np.float32)
+    h0, c0 = (rng.normal(size=(2, 4, HIDDEN)).astype(np.float32) for _ in range(2))
+    shape = (2,) + ((T,) if reset_kind == "per_step" else ()) + (4, HIDDEN)
+    rh, rc = (rng.normal(size=shape).astype(np.float32) for _ in range(2))
+    is_init = np.zeros((2, T), bool)
+    is_init[0, [2, 3]] = True  # row 0: [0 1 | 2 | 3 4]; row 1: one trajectory
+    params = jaxlstm.params_from_torch_state_dict(rnn.state_dict())
+    y, _ = core_model(kind, 2).apply(
+        params, x, as_state(kind, h0, c0), is_init, reset_state=as_state(kind, rh, rc)
+    )
+    for row, start, stop in [(0, 0, 2), (0, 2, 3), (0, 3, T), (1, 0, T)]:
+        if start == 0:
+            h, c = h0[row], c0[row]
+        elif reset_kind == "per_step":
+            h, c = rh[row, start], rc[row, start]
+        else:
+            h, c = rh[row], rc[row]
+        y_t, _ = rnn(torch.tensor(x[row : row + 1, start:stop]), torch_state(kind, h[None], c[None]))
+        np.testing.assert_allclose(
+            y[row, start:stop], y_t[0].detach().numpy(), atol=1e-5, err_msg=f"{row} {start}"
+        )
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_bidirectional_custom_backward_equals_autodiff(kind):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, T, INPUT_SIZE)).astype(np.float32)
+    h0, c0 = (rng.normal(size=(2, 4, HIDDEN)).astype(np.float32) for _ in range(2))
+    is_init = np.zeros((2, T), bool)
+    is_init[0, 2] = True
+    params = jaxlstm.params_from_torch_state_dict(torch_rnn(kind, 2).state_dict())
+
+    def loss(backward, params, x, h0, c0):
+        model = core_model(kind, 2).clone(backward=backward)
+        y, s = model.apply(params, x, as_state(kind, h0, c0), is_init)
+        return jnp.sum(jnp.sin(y)) + sum(jnp.sum(jnp.cos(a)) for a in jax.tree.leaves(s))
+
+    args = (params, x, h0, c0)
+    custom = jax.grad(lambda *a: loss("custom", *a), argnums=(0, 1, 2, 3))(*args)
+    auto = jax.grad(lambda *a: loss("auto", *a), argnums=(0, 1, 2, 3))(*args)
+    for a, b in zip(jax.tree.leaves(custom), jax.tree.leaves(auto)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def _bidir_pair(kind, num_layers=2):
+    torch.manual_seed(0)
+    if kind == "lstm":
+        keys = KEYS
+        theirs = TorchRLLSTMModule(INPUT_SIZE, HIDDEN, num_layers=num_layers, bidirectional=True, **keys)
+        ours = bridge.LSTMModule(lstm=theirs.lstm, **keys)
+    else:
+        keys = {"in_keys": ["obs", "h"], "out_keys": ["out", ("next", "h")]}
+        theirs = TorchRLGRUModule(INPUT_SIZE, HIDDEN, num_layers=num_layers, bidirectional=True, **keys)
+        ours = bridge.GRUModule(gru=theirs.gru, **keys)
+    return theirs, ours
+
+
+def _bidir_td(kind, batch_shape, num_layers=2):
+    gen = torch.Generator().manual_seed(1)
+    td = TensorDict(
+        {
+            "obs": torch.randn(*batch_shape, INPUT_SIZE, generator=gen),
+            "h": torch.randn(*batch_shape, 2 * num_layers, HIDDEN, generator=gen),
+            "is_init": torch.rand(*batch_shape, 1, generator=gen) < 0.3,
+        },
+        batch_shape,
+    )
+    if kind == "lstm":
+        td["c"] = torch.randn(*batch_shape, 2 * num_layers, HIDDEN, generator=gen)
+    return td
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_bridge_bidirectional_matches_torchrl_with_gradients(kind, recurrent):
+    theirs, ours = _bidir_pair(kind)
+    td = _bidir_td(kind, (3, T) if recurrent else (4,))
+    if recurrent:
+        td["is_init"][0, [2, 3]] = True
+        td["is_init"][1] = False
+    results = []
+    for module in (theirs, ours):
+        module.zero_grad()
+        run = td.clone()
+        x = run["obs"].requires_grad_()
+        with set_recurrent_mode(recurrent):
+            out = module(run)
+        loss = out["out"].sum() + sum(out[k].square().sum() for k in module.out_keys[1:])
+        loss.backward()
+        results.append((out, x.grad, {n: p.grad.clone() for n, p in module.named_parameters()}))
+    (want, want_dx, want_dp), (got, got_dx, got_dp) = results
+    for key in ours.out_keys:
+        np.testing.assert_allclose(
+            got[key].detach().numpy(), want[key].detach().numpy(), atol=1e-5, err_msg=str(key)
+        )
+    np.testing.assert_allclose(got_dx.numpy(), want_dx.numpy(), atol=1e-4)
+    for name in want_dp:
+        np.testing.assert_allclose(got_dp[name].numpy(), want_dp[name].numpy(), atol=1e-4)
+    assert ours.make_tensordict_primer().primers == theirs.make_tensordict_primer().primers
