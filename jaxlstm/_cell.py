@@ -420,8 +420,8 @@ class _GRUCell:
     ) -> tuple[tuple[jax.Array], jax.Array]:
         """One step from the projected input ``gx [N, 3H]``; carry ``(h,)`` ``[N, H]``.
 
-        Returns ``((h',), acts)`` with ``acts = [r, z, n, W_hn h + b_hn]``
-        ``[N, 4H]``: what the backward needs besides the carry.
+        Returns ``((h',), acts)`` with ``acts = (r, z, n, W_hn h + b_hn)``,
+        each ``[N, H]``: what the backward needs besides the carry.
         """
         (h,) = carry
         gh = project(
@@ -436,7 +436,9 @@ class _GRUCell:
         n = jnp.tanh(gx_n + r * gh_n)
         # torch's form of (1 - z) * n + z * h.
         h_new = n + z * (h - n)
-        return (h_new,), jnp.concatenate([r, z, n, gh_n], axis=-1)
+        # A tuple, not one concatenated array: the loop stacks each leaf over
+        # time as it is, without a per-step copy into a [N, 4H] buffer.
+        return (h_new,), (r, z, n, gh_n)
 
     def step_backward(
         self,
@@ -456,7 +458,7 @@ class _GRUCell:
         """
         (h,) = carry
         (dh,) = d_new
-        r, z, n, gh_n = jnp.split(acts, 4, axis=-1)
+        r, z, n, gh_n = acts
         dn = dh * (1 - z) * (1 - n * n)
         dz = dh * (h - n) * z * (1 - z)
         d_ghn = dn * r

@@ -310,3 +310,17 @@ def test_pendulum_rollout_matches_torchrl_action_for_action():
     np.testing.assert_allclose(
         seq_ours["features"].numpy(), ours["features"].numpy(), atol=ATOL
     )
+
+
+def test_float64_module_matches_torchrl_in_float64():
+    # The shared x64 scope reads the wrapped RNN through the table (self.gru here).
+    theirs, ours = make_pair(2)
+    theirs.double()
+    ours.double()
+    td = make_td((2, T), 2, recurrent=True).apply(
+        lambda t: t.double() if t.is_floating_point() else t
+    )
+    with torch.no_grad(), set_recurrent_mode(True):
+        expected, actual = theirs(td.clone()), ours(td.clone())
+    assert actual["out"].dtype == torch.float64
+    assert_same(expected, actual, ours.out_keys, atol=1e-12)
