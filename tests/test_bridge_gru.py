@@ -324,3 +324,25 @@ def test_float64_module_matches_torchrl_in_float64():
         expected, actual = theirs(td.clone()), ours(td.clone())
     assert actual["out"].dtype == torch.float64
     assert_same(expected, actual, ours.out_keys, atol=1e-12)
+
+
+def test_torch_compile_breaks_the_graph_at_the_gru_and_matches_torchrl():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    theirs, ours = make_pair(2)
+    head = torch.nn.Linear(HIDDEN, 2)
+
+    def policy(module):
+        return TensorDictSequential(
+            module, TensorDictModule(head, in_keys=["out"], out_keys=["action"])
+        )
+
+    # backend="eager": dynamo's tracing and graph breaks without inductor's compile time.
+    compiled = torch.compile(policy(ours), backend="eager")
+    with torch.no_grad():
+        for seed in range(2):
+            td = make_td((3,), 2, seed=seed)
+            assert_same(policy(theirs)(td.clone()), compiled(td.clone()), [*ours.out_keys, "action"])
+    assert any("torch.compiler.disable" in reason for reason in counters["graph_break"])
