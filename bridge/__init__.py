@@ -17,4 +17,5 @@ from ._convert import pytree_to_tensordict as pytree_to_tensordict
 from ._convert import tensordict_to_pytree as tensordict_to_pytree
 from ._convert import torch_to_jax as torch_to_jax
 from ._errors import DtypeError as DtypeError
+from ._module import GRUModule as GRUModule
 from ._module import LSTMModule as LSTMModule

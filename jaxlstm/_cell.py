@@ -3,13 +3,17 @@
 A cell is everything the loop (``_loop.py``) needs to know about one layer's
 math; the loop itself (time, resets, dropout between layers, remat, unroll,
 per-step states, the custom backward's reverse scan) knows nothing about it.
-``LSTM_CELL`` is the first cell. A cell provides:
+``LSTM_CELL`` (``torch.nn.LSTM``) and ``GRU_CELL`` (``torch.nn.GRU``) are the
+cells. A cell provides:
 
 - ``kinds``: torch's parameter kinds of one layer (``weight_ih``, ...), and
   ``layer_param_shapes(input_size, hidden_size, bias)``: their shapes.
 - ``carry_widths(hidden_size)``: the widths of the carry's arrays, in order
   (LSTM: ``(H, H)`` for ``(h, c)``; an LSTM with projection would have
   ``(P, H)``). ``carry[0]`` is the layer's output ``y_t``.
+- ``state_arrays(state)`` / ``make_state(arrays)`` / ``check_state(...)``: the
+  user-facing state (LSTM: ``LSTMState(h, c)``; GRU: one array) to and from
+  the carry's arrays, and its trace-time check.
 - ``weights(layer_params, bias)``: one layer's arrays -> its weight pytree
   (LSTM: ``LayerWeights``, the two torch biases summed once), and
   ``cast(weights, dtype)``: the matmul-dtype copy the step uses.
@@ -34,13 +38,17 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from . import _checks
+from ._state import LSTMState
+
 
 class LayerWeights(NamedTuple):
     """Weights of one LSTM layer in torch's layout (gates stacked i, f, g, o)."""
 
     weight_ih: jax.Array  # shape=[4H, I]
-    weight_hh: jax.Array  # shape=[4H, H]
+    weight_hh: jax.Array  # shape=[4H, H], or [4H, P] with a projection
     bias: jax.Array | None  # shape=[4H]: bias_ih + bias_hh, or None without bias
+    weight_hr: jax.Array | None = None  # shape=[P, H]: torch's proj_size > 0, else None
 
 
 def project(
@@ -120,36 +128,67 @@ def lstm_cell(
 
 
 class _LSTMCell:
-    """``torch.nn.LSTM``'s layer math as a cell (see the module docstring)."""
+    """``torch.nn.LSTM``'s layer math as a cell (see the module docstring).
+
+    With ``proj_size = P > 0`` it is torch's LSTMP: ``h' = (o * tanh(c')) W_hr^T``,
+    so ``h`` (the output and the recurrent input) is ``[N, P]`` and ``c`` stays
+    ``[N, H]``. Cells compare (and hash) by ``proj_size``: they are static
+    arguments of compiled programs.
+    """
 
     name = "lstm"
-    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
     gates = 4
 
+    def __init__(self, proj_size: int = 0):
+        self.proj_size = int(proj_size)
+
     def __repr__(self) -> str:
-        return "LSTM_CELL"
+        return f"lstm_projected_cell({self.proj_size})" if self.proj_size else "LSTM_CELL"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.proj_size == self.proj_size
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.proj_size))
 
     def layer_param_shapes(
         self, input_size: int, hidden_size: int, bias: bool
     ) -> dict[str, tuple[int, ...]]:
         g = self.gates * hidden_size
-        shapes = {"weight_ih": (g, input_size), "weight_hh": (g, hidden_size)}
+        p = self.proj_size
+        shapes = {"weight_ih": (g, input_size), "weight_hh": (g, p or hidden_size)}
         if bias:
             shapes["bias_ih"] = (g,)
             shapes["bias_hh"] = (g,)
+        if p:
+            shapes["weight_hr"] = (p, hidden_size)  # torch lists it after the biases
         return shapes
 
     def carry_widths(self, hidden_size: int) -> tuple[int, ...]:
-        return (hidden_size, hidden_size)  # (h, c)
+        return (self.proj_size or hidden_size, hidden_size)  # (h, c)
+
+    def state_arrays(self, state: LSTMState) -> tuple[jax.Array, ...]:
+        """The user-facing state -> the carry's arrays, in carry order."""
+        return (state.h, state.c)
+
+    def make_state(self, arrays: tuple) -> LSTMState:
+        """The carry's arrays -> the user-facing state."""
+        return LSTMState(*arrays)
+
+    def check_state(self, state: Any, leading: tuple, layers: int, hidden: int, **kw: Any) -> None:
+        """``state`` must be an ``LSTMState`` of ``[*leading, L, H]`` arrays (see ``_checks``)."""
+        _checks.check_state(state, leading, layers, hidden, widths=self.carry_widths(hidden), **kw)
 
     def weights(self, layer: dict[str, jax.Array], bias: bool) -> LayerWeights:
         # The two torch biases always appear summed: sum them once, outside the loop.
         b = layer["bias_ih"] + layer["bias_hh"] if bias else None
-        return LayerWeights(layer["weight_ih"], layer["weight_hh"], b)
+        return LayerWeights(layer["weight_ih"], layer["weight_hh"], b, layer.get("weight_hr"))
 
     def cast(self, w: LayerWeights, dtype: Any) -> LayerWeights:
         # The bias is added to the float32 (or wider) gates, so it keeps its dtype.
-        return LayerWeights(w.weight_ih.astype(dtype), w.weight_hh.astype(dtype), w.bias)
+        w_hr = None if w.weight_hr is None else w.weight_hr.astype(dtype)
+        return LayerWeights(w.weight_ih.astype(dtype), w.weight_hh.astype(dtype), w.bias, w_hr)
 
     def project_input(
         self, w: LayerWeights, x: jax.Array, *, precision: Any = None, accum: Any = None
@@ -179,6 +218,11 @@ class _LSTMCell:
         i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
         c_new = f * c + i * g
         h_new = o * jnp.tanh(c_new)
+        if w.weight_hr is not None:
+            h_new = project(
+                h_new.astype(w.weight_hr.dtype), w.weight_hr, precision=precision,
+                accum_dtype=c.dtype,
+            )
         return (h_new, c_new), jnp.concatenate([i, f, g, o], axis=-1)
 
     def step_backward(
@@ -191,12 +235,21 @@ class _LSTMCell:
         *,
         precision: Any = None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """The VJP of ``step``: gate pre-activation gradients ``[N, 4H]`` and ``(dh, dc)``."""
+        """The VJP of ``step``: gate pre-activation gradients ``[N, 4H]`` and ``(dh, dc)``.
+
+        With a projection the first output is ``[N, 4H + P + H]``: the gates'
+        gradients, then ``dh'`` and ``o * tanh(c')``, which ``weight_grads``
+        needs for ``W_hr``.
+        """
         _, c = carry
         _, c_new = new_carry
         dh, dc = d_new
         i, f, g, o = jnp.split(acts, 4, axis=-1)
         tanh_c = jnp.tanh(c_new)
+        dh_proj = None
+        if w.weight_hr is not None:
+            dh_proj = dh
+            dh = _back_project(dh, w.weight_hr, precision=precision, accum_dtype=dc.dtype)
         dc = dc + dh * o * (1 - tanh_c * tanh_c)
         d_gates = jnp.concatenate(
             [
@@ -208,6 +261,8 @@ class _LSTMCell:
             axis=-1,
         )
         dh_prev = _back_project(d_gates, w.weight_hh, precision=precision, accum_dtype=dc.dtype)
+        if dh_proj is not None:
+            d_gates = jnp.concatenate([d_gates, dh_proj, o * tanh_c], axis=-1)
         return d_gates, (dh_prev, dc * f)
 
     def weight_grads(
@@ -233,12 +288,214 @@ class _LSTMCell:
         """
         h = carries[0]
         mm = w.weight_hh.dtype
+        dw_hr = None
+        if w.weight_hr is not None:
+            proj, hidden = w.weight_hr.shape
+            g = self.gates * hidden
+            dh_proj, h_full = d_gates[:, g : g + proj], d_gates[:, g + proj :]
+            d_gates = d_gates[:, :g]
+            dw_hr = _outer_sum(dh_proj.astype(mm), h_full.astype(mm), precision=precision)
         d_mm = d_gates.astype(mm)
         dw_ih = _outer_sum(d_mm, xs.astype(mm), precision=precision)
         dw_hh = _outer_sum(d_mm, h.astype(mm), precision=precision)
         db = None if w.bias is None else jnp.sum(d_gates, axis=0)
         dxs = _back_project(d_gates, w.weight_ih, precision=precision, accum_dtype=d_gates.dtype)
-        return LayerWeights(dw_ih, dw_hh, db), dxs
+        return LayerWeights(dw_ih, dw_hh, db, dw_hr), dxs
 
 
 LSTM_CELL = _LSTMCell()
+
+
+def lstm_projected_cell(proj_size: int) -> _LSTMCell:
+    """The LSTM cell with torch's ``proj_size`` (``LSTM_CELL`` for 0)."""
+    if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
+        raise ValueError(f"proj_size must be a non-negative integer. Got {proj_size!r}.")
+    return _LSTMCell(proj_size) if proj_size else LSTM_CELL
+
+
+class GRUWeights(NamedTuple):
+    """Weights of one GRU layer in torch's layout (gates stacked r, z, n).
+
+    torch adds ``b_hn`` inside the reset gate's product (``r * (W_hn h + b_hn)``),
+    so it cannot be folded into the input bias; the other five biases can.
+    """
+
+    weight_ih: jax.Array  # shape=[3H, I]
+    weight_hh: jax.Array  # shape=[3H, H]
+    bias: jax.Array | None  # shape=[3H]: b_ih + [b_hr, b_hz, 0], or None without bias
+    bias_hn: jax.Array | None  # shape=[H]: b_hn, or None without bias
+
+
+def gru_cell(
+    weights: GRUWeights,
+    x: jax.Array,
+    h: jax.Array,
+    *,
+    precision: Any = None,
+) -> jax.Array:
+    """Runs one step of one GRU layer, as ``torch.nn.GRU``.
+
+    ``r, z = sigmoid(W_i{r,z} x + b_i{r,z} + W_h{r,z} h + b_h{r,z})``,
+    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``, ``h' = (1 - z) * n + z * h``.
+
+    Args:
+      weights: the layer's weights (``GRU_CELL.weights(...)``); their dtype is
+        the matmul dtype.
+      x: input ``[N, I]``.
+      h: hidden state ``[N, H]``; its dtype is the accumulation dtype.
+      precision: ``lax.dot_general`` precision.
+
+    Returns:
+      ``h'`` ``[N, H]`` in the dtype of ``h``.
+    """
+    gx = GRU_CELL.project_input(weights, x, precision=precision, accum=h.dtype)
+    (h_new,), _ = GRU_CELL.step(weights, gx, (h,), precision=precision)
+    return h_new
+
+
+class _GRUCell:
+    """``torch.nn.GRU``'s layer math as a cell (see the module docstring).
+
+    The carry is ``(h,)``; the user-facing state is the array ``h`` itself.
+    """
+
+    name = "gru"
+    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    gates = 3
+
+    def __repr__(self) -> str:
+        return "GRU_CELL"
+
+    def layer_param_shapes(
+        self, input_size: int, hidden_size: int, bias: bool
+    ) -> dict[str, tuple[int, ...]]:
+        g = self.gates * hidden_size
+        shapes = {"weight_ih": (g, input_size), "weight_hh": (g, hidden_size)}
+        if bias:
+            shapes["bias_ih"] = (g,)
+            shapes["bias_hh"] = (g,)
+        return shapes
+
+    def carry_widths(self, hidden_size: int) -> tuple[int, ...]:
+        return (hidden_size,)
+
+    def state_arrays(self, state: jax.Array) -> tuple[jax.Array, ...]:
+        return (state,)
+
+    def make_state(self, arrays: tuple) -> jax.Array:
+        (h,) = arrays
+        return h
+
+    def check_state(self, state: Any, leading: tuple, layers: int, hidden: int, **kw: Any) -> None:
+        """``state`` must be one ``[*leading, L, H]`` array (see ``_checks``)."""
+        _checks.check_array_state(state, leading, layers, hidden, **kw)
+
+    def weights(self, layer: dict[str, jax.Array], bias: bool) -> GRUWeights:
+        if not bias:
+            return GRUWeights(layer["weight_ih"], layer["weight_hh"], None, None)
+        b_hh = layer["bias_hh"]
+        hidden = b_hh.shape[0] // 3
+        # b_hr and b_hz are plain additive biases: fold them into the input bias once.
+        folded = jnp.concatenate([b_hh[: 2 * hidden], jnp.zeros((hidden,), b_hh.dtype)])
+        return GRUWeights(
+            layer["weight_ih"], layer["weight_hh"], layer["bias_ih"] + folded, b_hh[2 * hidden :]
+        )
+
+    def cast(self, w: GRUWeights, dtype: Any) -> GRUWeights:
+        return w._replace(weight_ih=w.weight_ih.astype(dtype), weight_hh=w.weight_hh.astype(dtype))
+
+    def project_input(
+        self, w: GRUWeights, x: jax.Array, *, precision: Any = None, accum: Any = None
+    ) -> jax.Array:
+        """``x W_ih^T + b``: ``[..., I]`` -> ``[..., 3H]`` in ``accum``."""
+        gx = project(
+            x.astype(w.weight_ih.dtype), w.weight_ih, precision=precision, accum_dtype=accum
+        )
+        if w.bias is not None:
+            gx = gx + lax.broadcast_to_rank(w.bias.astype(gx.dtype), gx.ndim)
+        return gx
+
+    def step(
+        self, w: GRUWeights, gx: jax.Array, carry: tuple[jax.Array, ...], *, precision: Any = None
+    ) -> tuple[tuple[jax.Array], jax.Array]:
+        """One step from the projected input ``gx [N, 3H]``; carry ``(h,)`` ``[N, H]``.
+
+        Returns ``((h',), acts)`` with ``acts = (r, z, n, W_hn h + b_hn)``,
+        each ``[N, H]``: what the backward needs besides the carry.
+        """
+        (h,) = carry
+        gh = project(
+            h.astype(w.weight_hh.dtype), w.weight_hh, precision=precision, accum_dtype=h.dtype
+        )
+        gx_r, gx_z, gx_n = jnp.split(gx, 3, axis=-1)
+        gh_r, gh_z, gh_n = jnp.split(gh, 3, axis=-1)
+        if w.bias_hn is not None:
+            gh_n = gh_n + lax.broadcast_to_rank(w.bias_hn.astype(gh_n.dtype), gh_n.ndim)
+        r = jax.nn.sigmoid(gx_r + gh_r)
+        z = jax.nn.sigmoid(gx_z + gh_z)
+        n = jnp.tanh(gx_n + r * gh_n)
+        # torch's form of (1 - z) * n + z * h.
+        h_new = n + z * (h - n)
+        # A tuple, not one concatenated array: the loop stacks each leaf over
+        # time as it is, without a per-step copy into a [N, 4H] buffer.
+        return (h_new,), (r, z, n, gh_n)
+
+    def step_backward(
+        self,
+        w: GRUWeights,
+        acts: jax.Array,
+        carry: tuple[jax.Array, ...],
+        new_carry: tuple[jax.Array, ...],
+        d_new: tuple[jax.Array, ...],
+        *,
+        precision: Any = None,
+    ) -> tuple[jax.Array, tuple[jax.Array]]:
+        """The VJP of ``step``.
+
+        Returns ``(d_pre, (dh,))`` with ``d_pre = [dr, dz, dn, d(W_hn h + b_hn)]``
+        ``[N, 4H]`` (gate pre-activation gradients): the first three are the
+        input projection's gradient, ``[dr, dz, d_hn]`` the recurrent one's.
+        """
+        (h,) = carry
+        (dh,) = d_new
+        r, z, n, gh_n = acts
+        dn = dh * (1 - z) * (1 - n * n)
+        dz = dh * (h - n) * z * (1 - z)
+        d_ghn = dn * r
+        dr = dn * gh_n * r * (1 - r)
+        d_gh = jnp.concatenate([dr, dz, d_ghn], axis=-1)
+        dh_prev = dh * z + _back_project(
+            d_gh, w.weight_hh, precision=precision, accum_dtype=dh.dtype
+        )
+        return jnp.concatenate([dr, dz, dn, d_ghn], axis=-1), (dh_prev,)
+
+    def weight_grads(
+        self,
+        w: GRUWeights,
+        xs: jax.Array,
+        carries: tuple[jax.Array, ...],
+        d_pre: jax.Array,
+        *,
+        precision: Any = None,
+    ) -> tuple[GRUWeights, jax.Array]:
+        """All steps' weight gradients at once (see ``_LSTMCell.weight_grads``).
+
+        ``xs [R, I]``, ``carries ([R, H],)``, ``d_pre [R, 4H]``.
+        """
+        (h,) = carries
+        hidden = d_pre.shape[-1] // 4
+        d_gx = d_pre[:, : 3 * hidden]
+        d_gh = jnp.concatenate([d_pre[:, : 2 * hidden], d_pre[:, 3 * hidden :]], axis=-1)
+        mm = w.weight_hh.dtype
+        dw_ih = _outer_sum(d_gx.astype(mm), xs.astype(mm), precision=precision)
+        dw_hh = _outer_sum(d_gh.astype(mm), h.astype(mm), precision=precision)
+        if w.bias is None:
+            db = db_hn = None
+        else:
+            db = jnp.sum(d_gx, axis=0)
+            db_hn = jnp.sum(d_pre[:, 3 * hidden :], axis=0)
+        dxs = _back_project(d_gx, w.weight_ih, precision=precision, accum_dtype=d_pre.dtype)
+        return GRUWeights(dw_ih, dw_hh, db, db_hn), dxs
+
+
+GRU_CELL = _GRUCell()

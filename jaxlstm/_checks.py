@@ -89,22 +89,52 @@ def check_state(
     *,
     name: str = "state",
     layout: str = "[*B, L, H]",
+    widths: Sequence[int] | None = None,
 ) -> LSTMState:
     """Checks that ``state`` is an ``LSTMState`` of shape ``[*leading, L, H]``.
 
-    ``layout`` names the expected axes in the error message.
+    ``layout`` names the expected axes in the error message; ``widths`` are
+    the last axes of ``h`` and ``c`` (``(P, H)`` with a projection).
     """
     if not isinstance(state, LSTMState):
         raise TypeError(
             f"{name} must be a jaxlstm.LSTMState(h=..., c=...). Got {type(state).__name__}."
         )
-    expected = tuple(leading_shape) + (num_layers, hidden_size)
-    for field in ("h", "c"):
+    widths = tuple(widths) if widths is not None else (hidden_size, hidden_size)
+    for field, width in zip(("h", "c"), widths):
+        expected = tuple(leading_shape) + (num_layers, width)
         got = _shape(getattr(state, field))
         if got != expected:
+            proj = f", proj_size={width}" if width != hidden_size else ""
             raise ValueError(
                 f"{name}.{field} must have shape {layout}={expected} "
-                f"(num_layers={num_layers}, hidden_size={hidden_size}). Got {got}."
+                f"(num_layers={num_layers}, hidden_size={hidden_size}{proj}). Got {got}."
             )
         _float_dtype(getattr(state, field), f"{name}.{field}")
+    return state
+
+
+def check_array_state(
+    state: Any,
+    leading_shape: Sequence[int],
+    num_layers: int,
+    hidden_size: int,
+    *,
+    name: str = "state",
+    layout: str = "[*B, L, H]",
+) -> Any:
+    """Checks that ``state`` is one array of shape ``[*leading, L, H]`` (a GRU's state)."""
+    if isinstance(state, (LSTMState, tuple, list, dict)) or not hasattr(state, "shape"):
+        raise TypeError(
+            f"{name} must be one array {layout} (a GRU's hidden state). "
+            f"Got {type(state).__name__}."
+        )
+    expected = tuple(leading_shape) + (num_layers, hidden_size)
+    got = _shape(state)
+    if got != expected:
+        raise ValueError(
+            f"{name} must have shape {layout}={expected} "
+            f"(num_layers={num_layers}, hidden_size={hidden_size}). Got {got}."
+        )
+    _float_dtype(state, name)
     return state

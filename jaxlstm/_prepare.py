@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from . import _checks, _params
 from ._cell import LSTM_CELL
-from ._state import LSTMState
+
 
 ResetKind = Literal["constant", "per_step"]
 
@@ -35,9 +35,9 @@ class Prepared(NamedTuple):
 
     weights: tuple  # per-layer cell weights, stored dtype
     xs: jax.Array  # [T, N, I], compute dtype
-    carry0: tuple  # (h0, c0), [N, L, H] each, carry dtype
+    carry0: tuple  # the cell's carry (LSTM: (h0, c0)), [N, L, W] each, carry dtype
     resets: jax.Array  # bool [T, N]: reset before step t
-    target: tuple  # (h, c) a reset loads: [N, L, H] (constant) or [T, N, L, H] (per step)
+    target: tuple  # the carry a reset loads: [N, L, W] (constant) or [T, N, L, W] (per step)
     reset_kind: str  # "constant" | "per_step"
     batch_shape: tuple[int, ...]
     steps: int
@@ -53,8 +53,9 @@ def reset_kind_of(reset_state: Any, batch_shape: tuple[int, ...], steps: int) ->
     differ, so this is a lookup, not a guess. Anything else is reported as
     not matching the constant form (``check_state`` names both).
     """
-    h = getattr(reset_state, "h", None)
-    if h is not None and jnp.ndim(h) == len(batch_shape) + 3:
+    # An LSTMState's h, or a GRU's state array.
+    h = getattr(reset_state, "h", reset_state)
+    if hasattr(h, "shape") and jnp.ndim(h) == len(batch_shape) + 3:
         return "per_step"
     return "constant"
 
@@ -62,9 +63,9 @@ def reset_kind_of(reset_state: Any, batch_shape: tuple[int, ...], steps: int) ->
 def prepare(
     params: Mapping[str, Any],
     x: Any,
-    state: LSTMState | None,
+    state: Any,
     is_init: Any,
-    reset_state: LSTMState | None,
+    reset_state: Any,
     *,
     recurrent: bool,
     reset_kind: ResetKind = "constant",
@@ -76,14 +77,16 @@ def prepare(
     Args:
       params: parameter dict (``{"params": {...}}`` or the inner dict).
       x: ``[*B, T, I]`` (recurrent) or ``[*B, I]`` (step, T = 1).
-      state: ``LSTMState`` of ``[*B, L, H]``, or None for zeros.
+      state: the cell's state (LSTM: ``LSTMState`` of ``[*B, L, H]``; GRU:
+        one ``[*B, L, H]`` array), or None for zeros.
       is_init: bool/int ``[*B, T]`` or ``[*B, T, 1]`` (step: ``[*B]`` or
         ``[*B, 1]``), or None for no resets.
-      reset_state: ``LSTMState`` of ``[*B, L, H]`` (``reset_kind="constant"``)
+      reset_state: the cell's state of ``[*B, L, H]`` (``reset_kind="constant"``)
         or ``[*B, T, L, H]`` (``"per_step"``), or None for zeros (constant).
       recurrent: whether ``x`` has a time axis.
       reset_kind: the kind of ``reset_state``.
       dtype: the compute dtype, or None for the promotion rule.
+      cell: the cell (``LSTM_CELL``, ``GRU_CELL``): its parameter table and state.
 
     Raises:
       ValueError: shapes, sizes, values. TypeError: dtypes, non-LSTMState states.
@@ -96,7 +99,8 @@ def prepare(
     else:
         batch_shape, steps = tuple(x.shape[:-1]), 1
     n = math.prod(batch_shape)
-    layers, hidden = spec.num_layers, spec.hidden_size
+    # Bidirectional states hold 2 slots per layer (torch's [L * D, H]).
+    layers, hidden = spec.num_layers * spec.directions, spec.hidden_size
 
     if dtype is not None:
         compute_dtype = jnp.dtype(dtype)
@@ -106,14 +110,15 @@ def prepare(
         compute_dtype = jnp.result_type(x.dtype, spec.dtype)
     carry_dtype = jnp.promote_types(compute_dtype, jnp.float32)
 
+    widths = cell.carry_widths(hidden)
     if state is not None:
-        _checks.check_state(state, batch_shape, layers, hidden)
+        cell.check_state(state, batch_shape, layers, hidden)
         carry0 = tuple(
-            jnp.reshape(jnp.asarray(a).astype(carry_dtype), (n, layers, hidden)) for a in state
+            jnp.reshape(jnp.asarray(a).astype(carry_dtype), (n, layers, w))
+            for a, w in zip(cell.state_arrays(state), widths)
         )
     else:
-        zeros = jnp.zeros((n, layers, hidden), carry_dtype)
-        carry0 = (zeros, zeros)
+        carry0 = tuple(jnp.zeros((n, layers, w), carry_dtype) for w in widths)
 
     if is_init is not None:
         resets = _checks.normalize_is_init(
@@ -126,10 +131,10 @@ def prepare(
     if reset_kind not in ("constant", "per_step"):
         raise ValueError(f"reset_kind must be 'constant' or 'per_step'. Got {reset_kind!r}.")
     if reset_state is None:
-        zeros = jnp.zeros((n, layers, hidden), carry_dtype)
-        target, reset_kind = (zeros, zeros), "constant"
+        target = tuple(jnp.zeros((n, layers, w), carry_dtype) for w in widths)
+        reset_kind = "constant"
     elif reset_kind == "per_step":
-        _checks.check_state(
+        cell.check_state(
             reset_state,
             batch_shape + (steps,),
             layers,
@@ -139,15 +144,15 @@ def prepare(
         )
         target = tuple(
             jnp.swapaxes(
-                jnp.reshape(jnp.asarray(a).astype(carry_dtype), (n, steps, layers, hidden)), 0, 1
+                jnp.reshape(jnp.asarray(a).astype(carry_dtype), (n, steps, layers, w)), 0, 1
             )
-            for a in reset_state
+            for a, w in zip(cell.state_arrays(reset_state), widths)
         )
     else:
-        _checks.check_state(reset_state, batch_shape, layers, hidden, name="reset_state")
+        cell.check_state(reset_state, batch_shape, layers, hidden, name="reset_state")
         target = tuple(
-            jnp.reshape(jnp.asarray(a).astype(carry_dtype), (n, layers, hidden))
-            for a in reset_state
+            jnp.reshape(jnp.asarray(a).astype(carry_dtype), (n, layers, w))
+            for a, w in zip(cell.state_arrays(reset_state), widths)
         )
 
     if recurrent:

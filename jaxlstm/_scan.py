@@ -1,4 +1,4 @@
-"""The core computation (prepare, run the layer stack, lay out) and ``lstm_scan``.
+"""The core computation (prepare, run the layer stack, lay out), ``lstm_scan`` and ``gru_scan``.
 
 ``core`` is jitted with its static configuration, so every front end (an
 un-jitted ``LSTM.apply``, ``lstm_scan``, ``torchrl_apply``) hits one compile
@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._cell import LSTM_CELL
+from . import _params
+from ._cell import GRU_CELL, LSTM_CELL
+from ._bidir import reverse_states_at_ends, run_bidirectional_stack
 from ._loop import Backward, run_stack
 from ._prepare import ResetKind, batch_major, prepare, reset_kind_of
 from ._state import LSTMState
@@ -49,11 +51,15 @@ class CoreConfig(NamedTuple):
     input_projection: str = "per_step"  # resolved: "per_step" | "hoisted"
     dropout_rate: float = 0.0
     backward: str = "custom"  # resolved: "custom" | "auto"
+    cell: Any = LSTM_CELL  # the cell (LSTM_CELL, GRU_CELL): hashable, part of the program
 
 
 def _core(params, x, state, is_init, reset_state, dropout_rng, *, config: CoreConfig):
-    """Runs one call: ``(y, LSTMState)`` batch-major (see ``lstm_scan`` for shapes)."""
-    cell = LSTM_CELL
+    """Runs one call: ``(y, state)`` batch-major (see ``lstm_scan`` for shapes).
+
+    ``state`` is the cell's state type (LSTM: ``LSTMState``; GRU: one array).
+    """
+    cell = config.cell
     p = prepare(
         params,
         x,
@@ -73,10 +79,12 @@ def _core(params, x, state, is_init, reset_state, dropout_rng, *, config: CoreCo
     masks = None
     if dropout_rng is not None and config.dropout_rate > 0.0 and layers > 1:
         keep = 1.0 - config.dropout_rate
-        width = cell.carry_widths(p.spec.hidden_size)[0]
+        width = p.spec.directions * cell.carry_widths(p.spec.hidden_size)[0]
         masks = jax.random.bernoulli(dropout_rng, keep, (layers - 1, p.steps, n, width))
         masks = masks.astype(p.compute_dtype) / jnp.asarray(keep, p.compute_dtype)
-    ys, carries = run_stack(
+    bidirectional = p.spec.directions == 2
+    run = run_bidirectional_stack if bidirectional else run_stack
+    ys, carries = run(
         cell,
         p.weights,
         p.xs,
@@ -99,9 +107,11 @@ def _core(params, x, state, is_init, reset_state, dropout_rng, *, config: CoreCo
         # trajectory, and at the last step. Uses the caller's resets (not the
         # forced reset at step 0).
         end = jnp.concatenate([p.resets[1:], jnp.ones((1, n), jnp.bool_)], axis=0)
+        if bidirectional:
+            carries = reverse_states_at_ends(carries, resets)
         carries = tuple(jnp.where(end[:, :, None, None], c, 0) for c in carries)
     layout = functools.partial(batch_major, prepared=p, recurrent=config.recurrent)
-    return layout(ys), LSTMState(*(layout(c) for c in carries))
+    return layout(ys), cell.make_state(tuple(layout(c) for c in carries))
 
 
 core = jax.jit(_core, static_argnames=("config",))
@@ -197,6 +207,15 @@ def lstm_scan(
       every step, ``LSTMState`` of ``[*B, T, L, H]``; ``states.h[..., -1, :, :]``
       is the true final state even when a row holds several trajectories.
     """
+    return _scan(
+        _params.lstm_cell_for(params), params, x, state, is_init, reset_state, dropout_rate=dropout_rate,
+        dropout_rng=dropout_rng, dtype=dtype, precision=precision, unroll=unroll, remat=remat,
+        input_projection=input_projection, backward=backward,
+    )
+
+
+def _scan(cell, params, x, state, is_init, reset_state, *, dropout_rate, dropout_rng, dtype,
+          precision, unroll, remat, input_projection, backward):
     kind: ResetKind = "constant"
     if reset_state is not None and np.ndim(x) >= 2:
         kind = reset_kind_of(reset_state, tuple(np.shape(x)[:-2]), np.shape(x)[-2])
@@ -210,5 +229,49 @@ def lstm_scan(
         input_projection=resolve_input_projection(input_projection),
         dropout_rate=float(dropout_rate),
         backward=check_backward(backward),
+        cell=cell,
     )
     return core(params, x, state, is_init, reset_state, dropout_rng, config=config)
+
+
+def gru_scan(
+    params: Mapping[str, Any],
+    x: jax.Array,
+    state: jax.Array | None = None,
+    is_init: jax.Array | None = None,
+    reset_state: jax.Array | None = None,
+    *,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    dtype: Any = None,
+    precision: Any = None,
+    unroll: int | bool = 1,
+    remat: bool = False,
+    input_projection: InputProjection = "auto",
+    backward: Backward = "custom",
+) -> tuple[jax.Array, jax.Array]:
+    """Runs a stacked GRU (``torch.nn.GRU``'s math) over a sequence, with resets.
+
+    The same loop, reset rule and options as ``lstm_scan``; only the cell and
+    the state differ: the state is one array.
+
+    Args:
+      params: ``torch.nn.GRU``'s arrays by name (``weight_ih_l0 [3H, I]``,
+        ``weight_hh_l0 [3H, H]``, ``bias_ih_l0 [3H]``, ``bias_hh_l0 [3H]``, ...).
+      x: inputs ``[*B, T, I]``.
+      state: hidden state before step 0, ``[*B, L, H]``; None is zeros.
+      is_init: bool ``[*B, T]`` or ``[*B, T, 1]``; None means no resets.
+      reset_state: what a reset loads: ``[*B, L, H]`` or per step
+        ``[*B, T, L, H]``; None is zeros.
+      dropout_rate, dropout_rng, dtype, precision, unroll, remat,
+        input_projection, backward: as in ``lstm_scan``.
+
+    Returns:
+      ``(y, states)``: ``y [*B, T, H]`` and the hidden state after every step,
+      ``[*B, T, L, H]``.
+    """
+    return _scan(
+        GRU_CELL, params, x, state, is_init, reset_state, dropout_rate=dropout_rate,
+        dropout_rng=dropout_rng, dtype=dtype, precision=precision, unroll=unroll, remat=remat,
+        input_projection=input_projection, backward=backward,
+    )

@@ -1,4 +1,4 @@
-"""torchrl ``LSTMModule``'s semantics on arrays shaped like its tensordict entries."""
+"""torchrl ``LSTMModule``'s / ``GRUModule``'s semantics on arrays shaped like their tensordict entries."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Any
 
 import jax
 
+from ._cell import GRU_CELL
+from ._params import lstm_cell_for
 from ._scan import CoreConfig, core, default_backward, default_input_projection
 from ._state import LSTMState
 
@@ -64,6 +66,57 @@ def torchrl_apply(
             f"Got h={'None' if h is None else 'an array'}, c={'None' if c is None else 'an array'}."
         )
     stored = None if h is None else LSTMState(h=h, c=c)
+    y, states = _apply(
+        lstm_cell_for(params), params, x, stored, is_init, recurrent=recurrent,
+        full_hidden_states=full_hidden_states, dropout_rate=dropout_rate,
+        dropout_rng=dropout_rng, precision=precision, remat=remat,
+    )
+    return y, states.h, states.c
+
+
+def torchrl_gru_apply(
+    params: Mapping[str, Any],
+    x: jax.Array,
+    h: jax.Array | None,
+    is_init: jax.Array,
+    *,
+    recurrent: bool,
+    full_hidden_states: bool = False,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    precision: Any = None,
+    remat: bool = False,
+) -> tuple[jax.Array, jax.Array]:
+    """What torchrl's ``GRUModule.forward`` writes, from its tensordict's arrays.
+
+    The same semantics as ``torchrl_apply`` (step mode resets to zeros where
+    ``is_init``; recurrent mode starts each trajectory from the stored state
+    at its first step and, unless ``full_hidden_states``, writes zeros except
+    at each trajectory's last step), with ``torch.nn.GRU``'s cell and one
+    state array (torchrl's ``"recurrent_state"``).
+
+    Args:
+      params: ``torch.nn.GRU``'s arrays by name (``weight_ih_l0 [3H, I]``, ...).
+      x: step ``[*S, I]``; recurrent ``[*B, T, I]``.
+      h: stored hidden state, step ``[*S, L, H]``, recurrent ``[*B, T, L, H]``;
+        None for zeros.
+      is_init, recurrent, full_hidden_states, dropout_rate, dropout_rng,
+        precision, remat: as in ``torchrl_apply``.
+
+    Returns:
+      ``(y, h_out)`` in ``x``'s dtype: step ``[*S, H]``, ``[*S, L, H]``;
+      recurrent ``[*B, T, H]``, ``[*B, T, L, H]``.
+    """
+    return _apply(
+        GRU_CELL, params, x, h, is_init, recurrent=recurrent,
+        full_hidden_states=full_hidden_states, dropout_rate=dropout_rate,
+        dropout_rng=dropout_rng, precision=precision, remat=remat,
+    )
+
+
+def _apply(cell, params, x, stored, is_init, *, recurrent, full_hidden_states, dropout_rate,
+           dropout_rng, precision, remat):
+    """torchrl's forward for any cell; ``stored`` is the cell's state or None."""
     if recurrent:
         config = CoreConfig(
             recurrent=True,
@@ -75,6 +128,7 @@ def torchrl_apply(
             dropout_rate=float(dropout_rate),
             input_projection=default_input_projection(),
             backward=default_backward(),
+            cell=cell,
         )
         y, states = core(params, x, None, is_init, stored, dropout_rng, config=config)
     else:
@@ -85,8 +139,9 @@ def torchrl_apply(
             remat=bool(remat),
             dropout_rate=float(dropout_rate),
             backward=default_backward(),
+            cell=cell,
         )
         y, states = core(params, x, stored, is_init, None, dropout_rng, config=config)
     # torchrl writes every output in the input's dtype.
     dtype = jax.numpy.result_type(x)
-    return y.astype(dtype), states.h.astype(dtype), states.c.astype(dtype)
+    return y.astype(dtype), jax.tree.map(lambda a: a.astype(dtype), states)

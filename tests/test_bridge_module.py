@@ -582,18 +582,14 @@ def test_constructor_defaults_and_backend_only_arguments():
     assert LSTMModule(lstm=wrapped, in_key="x", out_key="y").lstm is wrapped  # as torchrl
 
 
-@pytest.mark.parametrize(
-    "kwargs, name",
-    [
-        ({"proj_size": 2}, "proj_size"),
-        ({"bidirectional": True}, "bidirectional"),
-    ],
-)
-def test_unsupported_lstm_arguments_raise_not_implemented(kwargs, name):
-    with pytest.raises(NotImplementedError, match=name):
-        LSTMModule(input_size=3, hidden_size=4, in_key="x", out_key="y", **kwargs)
-    with pytest.raises(NotImplementedError, match=name):
-        LSTMModule(lstm=torch.nn.LSTM(3, 4, batch_first=True, **kwargs), in_key="x", out_key="y")
+@pytest.mark.parametrize("kwargs", [{"bidirectional": True}, {"proj_size": 2}])
+def test_projected_and_bidirectional_lstms_are_built_as_torchrl_builds_them(kwargs):
+    # Their numbers are checked against torchrl in tests/test_family_parity.py.
+    ours = LSTMModule(input_size=3, hidden_size=4, in_key="x", out_key="y", **kwargs)
+    theirs = TorchRLLSTMModule(input_size=3, hidden_size=4, in_key="x", out_key="y", **kwargs)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in theirs.state_dict().items()
+    }
 
 
 def test_matmul_precision_maps_to_jax_precision():

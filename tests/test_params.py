@@ -148,18 +148,14 @@ def test_several_lstms_need_a_prefix():
     assert "weight_ih_l2" not in critic
 
 
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"bidirectional": True}, r"weight_ih_l0_reverse.*bidirectional"),
-        ({"proj_size": 2}, r"weight_hr_l0.*proj_size"),
-    ],
-    ids=["bidirectional", "proj_size"],
-)
-def test_unsupported_lstms_raise_not_implemented(kwargs, match):
-    state_dict = numpy_state_dict(torch_lstm(1, **kwargs))
-    with pytest.raises(NotImplementedError, match=match):
-        jaxlstm.params_from_torch_state_dict(state_dict)
+@pytest.mark.parametrize("kwargs", [{"bidirectional": True}, {"proj_size": 2}])
+def test_reverse_and_projection_arrays_convert_bit_exact(kwargs):
+    state_dict = numpy_state_dict(torch_lstm(2, **kwargs))
+    params = jaxlstm.params_from_torch_state_dict(state_dict)["params"]
+    assert set(params) == set(state_dict)
+    back = jaxlstm.params_to_torch_state_dict(params)
+    for name, value in state_dict.items():
+        assert_bit_exact(back[name], value)
 
 
 def test_inconsistent_state_dict_raises():
