@@ -83,6 +83,7 @@ def run_bidirectional_stack(
     precision: Any,
     dropout_masks: jax.Array | None,
     backward: Backward,
+    target_grad: bool = True,
 ) -> tuple[jax.Array, tuple]:
     """Every layer, both directions, with dropout between layers (see ``run_stack``).
 
@@ -93,6 +94,8 @@ def run_bidirectional_stack(
       resets: bool ``[T, N]``.
       target: tuple of ``[N, 2L, W]`` (constant) or ``[T, N, 2L, W]`` (per step).
       dropout_masks: ``[L - 1, T, N, 2 W_y]`` scaled keep masks, or None.
+      target_grad: whether the forward direction's reset target needs a gradient
+        (see ``run_stack``).
 
     Returns:
       ``(ys, carries)``: the last layer's ``[T, N, 2 W_y]`` (forward then
@@ -100,9 +103,19 @@ def run_bidirectional_stack(
       direction's after it processed that step), a tuple of ``[T, N, 2L, W]``.
     """
     forward = LayerSpec(
-        cell, compute_dtype, carry_dtype, per_step_reset, hoisted, unroll, remat, precision
+        cell,
+        compute_dtype,
+        carry_dtype,
+        per_step_reset,
+        hoisted,
+        unroll,
+        remat,
+        precision,
+        target_grad,
     )
-    reverse = forward._replace(per_step_reset=True)
+    # The reverse direction's initial carry enters only through its gathered
+    # targets, so their gradient is always needed.
+    reverse = forward._replace(per_step_reset=True, target_grad=True)
     axis = 2 if per_step_reset else 1
     layer_in = xs
     per_slot = []
