@@ -1,9 +1,15 @@
 """Test-wide numerics (exact float32 matmuls on both sides, no silent broadcasts) and shared fixtures."""
 
 import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Parity tests compare float32 results with torch at 1e-5: ask XLA for full
 # float32 matmuls and turn off TF32 on the torch side.
@@ -42,3 +48,40 @@ def count_compiles():
             jax.monitoring.unregister_event_duration_listener(listener)
 
     return counting
+
+
+@pytest.fixture(scope="session")
+def run_python():
+    """Runs ``python *args`` in a fresh interpreter and checks its exit code.
+
+    The child runs from the repository root with the root first on
+    ``PYTHONPATH`` (so this checkout's packages are the ones imported) and
+    ``JAX_PLATFORMS=cpu``; ``env`` adds or overrides variables. On an
+    unexpected exit code the assertion shows the tail of both streams.
+
+    ``run_python(*args, env=None, timeout=300, returncode=0)`` returns the
+    ``subprocess.CompletedProcess`` (text mode).
+    """
+
+    def run(*args, env=None, timeout=300, returncode=0):
+        child_env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+        child_env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(ROOT), child_env.get("PYTHONPATH")])
+        )
+        child_env.update(env or {})
+        result = subprocess.run(
+            [sys.executable, *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=child_env,
+            cwd=ROOT,
+            check=False,
+        )
+        assert result.returncode == returncode, (
+            f"exit code {result.returncode}, expected {returncode}\n"
+            f"stdout:\n{result.stdout[-5000:]}\nstderr:\n{result.stderr[-5000:]}"
+        )
+        return result
+
+    return run

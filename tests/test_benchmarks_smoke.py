@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -31,28 +29,10 @@ def _bridge_exists() -> bool:
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory) -> tuple[Path, dict, str]:
+def quick_run(tmp_path_factory, run_python) -> tuple[Path, dict, str]:
     out_dir = tmp_path_factory.mktemp("benchmarks")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.compare",
-            "--quick",
-            "--out-dir",
-            str(out_dir),
-            "--name",
-            NAME,
-        ],
-        cwd=ROOT,
-        check=False,  # the assertion below shows the output on failure
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert proc.returncode == 0, (
-        f"benchmarks.compare --quick failed (exit {proc.returncode}):\n"
-        f"{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
+    proc = run_python(
+        "-m", "benchmarks.compare", "--quick", "--out-dir", out_dir, "--name", NAME, timeout=1800
     )
     result = json.loads((out_dir / f"{NAME}.json").read_text())
     return out_dir, result, proc.stdout

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
-import subprocess
 import sys
 
 import numpy as np
@@ -124,14 +123,7 @@ def test_example_2_every_step_and_torchrl_agree(examples):
     torch.testing.assert_close(td_inf["hidden0"], seq[..., -1]["next", "hidden0"])
 
 
-def test_example_script_runs():
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--small"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_example_script_runs(run_python):
+    result = run_python(SCRIPT, "--small")
     assert "example 1: collected 1 batch(es), 10 frames" in result.stdout
     assert "example 2: 3 steps" in result.stdout

@@ -8,8 +8,6 @@ weights and inputs.
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 import textwrap
 import threading
 
@@ -246,13 +244,10 @@ FORK_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.parametrize("parent", ["parent_ran_jax", "parent_did_not"])
-def test_forked_child_fails_fast_or_works_and_never_hangs(tmp_path, parent):
+def test_forked_child_fails_fast_or_works_and_never_hangs(tmp_path, parent, run_python):
     script = tmp_path / "fork_child.py"
     script.write_text(FORK_SCRIPT)
-    result = subprocess.run(
-        [sys.executable, str(script), parent], capture_output=True, text=True, timeout=180
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_python(script, parent, timeout=180)
     if parent == "parent_ran_jax":
         assert "('error'," in result.stdout
         assert "'spawn' or 'forkserver'" in result.stdout
@@ -292,17 +287,12 @@ WARNINGS_SCRIPT = textwrap.dedent(
 )
 
 
-def test_concurrent_first_calls_leave_the_warning_filters_alone(tmp_path):
+def test_concurrent_first_calls_leave_the_warning_filters_alone(tmp_path, run_python):
     script = tmp_path / "warnings_race.py"
     script.write_text(WARNINGS_SCRIPT)
     for _ in range(3):  # the race showed in 7 of 12 fresh processes before the fix
-        result = subprocess.run(
-            [sys.executable, "-W", "default", str(script)],
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-        assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-2000:]
+        result = run_python("-W", "default", script, timeout=180)
+        assert "OK" in result.stdout
         assert "not writable" not in result.stderr
 
 

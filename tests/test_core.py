@@ -8,9 +8,6 @@ from the issue's text, independent of ``lstm_scan``. Parity with ``torch.nn.LSTM
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -461,24 +458,13 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent(
 )
 
 
-def test_sharded_inputs_two_host_devices():
+def test_sharded_inputs_two_host_devices(run_python):
     """The batch axis split over two (forced host) devices gives the unsharded numbers.
 
     A subprocess, because the device count is fixed when JAX starts."""
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-        "JAX_PLATFORMS": "cpu",
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", _TWO_DEVICE_SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    result = run_python(
+        "-c", _TWO_DEVICE_SCRIPT, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     )
-    assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
 
 
@@ -623,20 +609,11 @@ def test_bfloat16_dtype_close_to_float32():
 # Import hygiene.
 
 
-def test_import_jaxlstm_does_not_import_torch():
+def test_import_jaxlstm_does_not_import_torch(run_python):
     code = (
         "import sys, jaxlstm; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert run_python("-c", code).stdout.strip() == "[]"
 
 
 def test_public_surface():

@@ -3,8 +3,6 @@ an interpreter where ``import torch`` fails."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,27 +21,23 @@ _WITHOUT_TORCH = (
 )
 
 
-def _run(args: list[str], returncode: int = 0) -> str:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(
-        [sys.executable, *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=SCRIPT.parents[1],
-        check=False,
-    )
-    assert result.returncode == returncode, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    return result.stdout + result.stderr
+@pytest.fixture
+def run(run_python):
+    """Runs ``python *args`` (600 s limit); returns stdout + stderr."""
+
+    def run_script(args: list[str], returncode: int = 0) -> str:
+        result = run_python(*args, returncode=returncode, timeout=600)
+        return result.stdout + result.stderr
+
+    return run_script
 
 
-def test_torch_policy_to_jax(tmp_path):
-    out = _run([str(SCRIPT), "--stage", "torch", "--out-dir", str(tmp_path)])
+def test_torch_policy_to_jax(tmp_path, run):
+    out = run([str(SCRIPT), "--stage", "torch", "--out-dir", str(tmp_path)])
     assert "module.0.lstm.weight_ih_l0" in out
     assert (tmp_path / "policy_state_dict.npz").exists()
 
-    out = _run(["-c", _WITHOUT_TORCH, str(SCRIPT), "--stage", "jax", "--out-dir", str(tmp_path)])
+    out = run(["-c", _WITHOUT_TORCH, str(SCRIPT), "--stage", "jax", "--out-dir", str(tmp_path)])
     for check in [
         "LSTM output vs torch step mode",
         "LSTM output vs torch recurrent mode",
@@ -54,18 +48,18 @@ def test_torch_policy_to_jax(tmp_path):
     assert "critic update" in out and "fine-tuned LSTM arrays" in out, out
 
 
-def test_jax_stage_before_export_says_what_to_run(tmp_path):
-    out = _run([str(SCRIPT), "--stage", "jax", "--out-dir", str(tmp_path)], returncode=1)
+def test_jax_stage_before_export_says_what_to_run(tmp_path, run):
+    out = run([str(SCRIPT), "--stage", "jax", "--out-dir", str(tmp_path)], returncode=1)
     assert "FileNotFoundError" not in out and "Traceback" not in out, out
     assert "policy_state_dict.npz, rollout.npz are missing" in out, out
     assert f"--stage torch --out-dir {tmp_path}" in out, out
 
 
-def test_all_stages_save_finetuned_weights_torchrl_loads(tmp_path):
+def test_all_stages_save_finetuned_weights_torchrl_loads(tmp_path, run):
     import numpy as np
     import torch
 
-    out = _run([str(SCRIPT), "--out-dir", str(tmp_path)])
+    out = run([str(SCRIPT), "--out-dir", str(tmp_path)])
     assert "the fine-tuned policy loads into torchrl" in out, out
     sys.path.insert(0, str(SCRIPT.parent))
     try:
@@ -89,8 +83,8 @@ def test_all_stages_save_finetuned_weights_torchrl_loads(tmp_path):
     assert value_head["weight"].shape == (1, 32) and value_head["bias"].shape == (1,)
 
 
-def test_options_have_help(tmp_path):
-    out = " ".join(_run([str(SCRIPT), "--help"]).split())  # argparse wraps the help lines
+def test_options_have_help(tmp_path, run):
+    out = " ".join(run([str(SCRIPT), "--help"]).split())  # argparse wraps the help lines
     for text in ("load them, check, fine-tune and save", "where the .npz/.pt files go",
                  "critic fine-tuning steps in JAX"):
         assert text in out, out

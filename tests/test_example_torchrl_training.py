@@ -9,10 +9,7 @@ evaluation episodes right.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,21 +22,9 @@ SCRIPT = ROOT / "examples" / "torchrl_recurrent_training.py"
 
 
 @pytest.fixture(scope="module")
-def ci_run() -> str:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    # The spawned workers import bridge from this checkout.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--ci"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-        cwd=ROOT,
-        check=False,
-    )
-    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-5000:]}"
-    return result.stdout
+def ci_run(run_python) -> str:
+    # run_python puts this checkout first on PYTHONPATH: the spawned workers import it too.
+    return run_python(SCRIPT, "--ci", timeout=600).stdout
 
 
 def test_recurrent_dqn_learns_the_memory_task(ci_run):

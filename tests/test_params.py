@@ -7,9 +7,6 @@ interpreter where ``import torch`` fails.
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -210,7 +207,7 @@ _NO_TORCH_SCRIPT = textwrap.dedent(
 )
 
 
-def test_npz_weights_load_without_torch(tmp_path):
+def test_npz_weights_load_without_torch(tmp_path, run_python):
     """Weights saved from torch as .npz load and run in an interpreter that cannot import torch."""
     torch = _torch()
     num_layers = 2
@@ -241,19 +238,7 @@ def test_npz_weights_load_without_torch(tmp_path):
         num_layers=num_layers,
     )
 
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _NO_TORCH_SCRIPT,
-            str(tmp_path / "weights.npz"),
-            str(tmp_path / "data.npz"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        check=False,
+    result = run_python(
+        "-c", _NO_TORCH_SCRIPT, tmp_path / "weights.npz", tmp_path / "data.npz"
     )
-    assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
