@@ -19,7 +19,6 @@ from ._checks import check_input
 from ._params import param_name, param_shapes
 from ._prepare import reset_kind_of
 from ._scan import CoreConfig, check_backward, core, resolve_input_projection
-from ._state import LSTMState
 
 _FIRST = param_name("weight_ih", 0)
 
