@@ -42,10 +42,10 @@ IN_KEY, OUT_KEY, STATE_KEY = "obs", "embed", "recurrent_state"
 
 def workloads(quick: bool) -> list[Workload]:
     if quick:
-        shape = dict(batch=8, steps=16, input_size=8, hidden_size=16)
+        shape = {"batch": 8, "steps": 16, "input_size": 8, "hidden_size": 16}
     else:
-        shape = dict(batch=64, steps=128, input_size=64, hidden_size=256)
-    step = dict(steps=1, input_size=shape["input_size"], hidden_size=shape["hidden_size"])
+        shape = {"batch": 64, "steps": 128, "input_size": 64, "hidden_size": 256}
+    step = {"steps": 1, "input_size": shape["input_size"], "hidden_size": shape["hidden_size"]}
     return [
         Workload("W1_train", "train", reset_prob=1 / 50, **shape),
         Workload("W4_step_B1", "step", batch=1, **step),

@@ -1,7 +1,8 @@
 """bridge: the torch side of jaxlstm.
 
-``LSTMModule`` stands in for ``torchrl.modules.LSTMModule`` (same constructor,
-keys, outputs, ``state_dict`` and gradients) and computes with ``jaxlstm``.
+``LSTMModule`` and ``GRUModule`` stand in for ``torchrl.modules.LSTMModule`` and
+``GRUModule`` (same constructor, keys, outputs, ``state_dict`` and gradients) and
+compute with ``jaxlstm``; the two are one class that differs by a table.
 The conversion helpers move tensors and TensorDicts to and from JAX, sharing
 memory through DLPack where possible (see ``bridge._convert`` for the aliasing
 rules). ``DtypeError`` (a ``TypeError`` and a ``ValueError``) is raised for

@@ -1,8 +1,12 @@
-"""``bridge.LSTMModule``: a stand-in for torchrl's ``LSTMModule`` computed by ``jaxlstm``.
+"""``bridge.LSTMModule`` / ``GRUModule``: stand-ins for torchrl's modules computed by ``jaxlstm``.
 
-The module keeps a real ``torch.nn.LSTM`` (``self.lstm``) for its parameters,
-so its ``state_dict`` is torchrl's, and runs the math as one compiled JAX
-program per input shape (``jaxlstm.lstm_scan``). A ``torch.autograd.Function``
+Both are ``_RecurrentModule``, which differs per class only by a ``_Table``
+(state keys, the torch RNN's class and attribute, the jaxlstm cell and model).
+
+A module keeps a real ``torch.nn.LSTM`` (``self.lstm``) or ``torch.nn.GRU``
+(``self.gru``) for its parameters, so its ``state_dict`` is torchrl's, and runs
+the math as one compiled JAX program per input shape
+(``jaxlstm.torchrl_apply`` / ``torchrl_gru_apply``). A ``torch.autograd.Function``
 around ``jax.vjp`` makes it differentiable.
 """
 

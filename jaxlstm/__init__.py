@@ -11,6 +11,8 @@ The design, in the order a call goes through it:
   rule; ``is_init`` -> bool ``[T, N]``; an explicit reset target).
 - ``_loop``: the cell-agnostic loop: layers over time, resets as one ``where``,
   dropout, remat, unroll, per-step states, and the custom backward.
+- ``_bidir``: bidirectional layers on that loop (the reverse direction runs
+  over flipped time with resets at trajectory ends).
 - ``_scan``: the jitted core, ``lstm_scan`` and ``gru_scan``; ``_module``: the
   Flax ``LSTM`` and ``GRU`` (one module class, two cells); ``_torchrl``:
   torchrl's ``LSTMModule``/``GRUModule`` semantics (``torchrl_apply``,

@@ -26,7 +26,6 @@ import jax.numpy as jnp
 from . import _checks, _params
 from ._cell import LSTM_CELL
 
-
 ResetKind = Literal["constant", "per_step"]
 
 

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _params
-from ._cell import GRU_CELL, LSTM_CELL
 from ._bidir import reverse_states_at_ends, run_bidirectional_stack
+from ._cell import GRU_CELL, LSTM_CELL
 from ._loop import Backward, run_stack
 from ._prepare import ResetKind, batch_major, prepare, reset_kind_of
 from ._state import LSTMState

@@ -57,6 +57,11 @@ def torchrl_apply(
       ``(y, h_out, c_out)`` in ``x``'s dtype: step ``[*S, H]``, ``[*S, L, H]``
       x2; recurrent ``[*B, T, H]``, ``[*B, T, L, H]`` x2.
 
+    The options are read from ``params``: ``weight_hr_l{k}`` (torch's
+    ``proj_size = P``) makes ``y`` and ``h`` ``P`` wide; ``_reverse`` arrays
+    (bidirectional) make ``y`` ``2H`` wide and the states ``[..., 2L, W]``,
+    each trajectory running forwards and backwards on its own, as torchrl's.
+
     Raises:
       ValueError: shapes, or only one of ``h``/``c``. TypeError: dtypes.
     """

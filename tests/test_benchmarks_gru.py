@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("torchrl")
 
-from benchmarks import gru  # noqa: E402
+from benchmarks import gru
 
 
 def test_quick_run_times_every_peer_and_reports_the_targets():

@@ -377,3 +377,47 @@ def test_bridge_bidirectional_matches_torchrl_with_gradients(kind, recurrent):
     for name in want_dp:
         np.testing.assert_allclose(got_dp[name].numpy(), want_dp[name].numpy(), atol=1e-4)
     assert ours.make_tensordict_primer().primers == theirs.make_tensordict_primer().primers
+
+
+def test_bridge_bidirectional_projected_lstm_matches_torchrl():
+    torch.manual_seed(0)
+    theirs = TorchRLLSTMModule(
+        INPUT_SIZE, HIDDEN, num_layers=2, proj_size=PROJ, bidirectional=True, **KEYS
+    )
+    ours = bridge.LSTMModule.from_torch(theirs)
+    gen = torch.Generator().manual_seed(4)
+    td = TensorDict(
+        {
+            "obs": torch.randn(3, T, INPUT_SIZE, generator=gen),
+            "h": torch.randn(3, T, 4, PROJ, generator=gen),
+            "c": torch.randn(3, T, 4, HIDDEN, generator=gen),
+            "is_init": torch.rand(3, T, 1, generator=gen) < 0.3,
+        },
+        [3, T],
+    )
+    td["is_init"][0, 2] = True
+    with torch.no_grad(), set_recurrent_mode(True):
+        want, got = theirs(td.clone()), ours(td.clone())
+    assert got["out"].shape == (3, T, 2 * PROJ)
+    for key in ours.out_keys:
+        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), atol=1e-5, err_msg=str(key))
+
+
+def test_bidirectional_dropout_applies_between_layers_in_training_mode_only():
+    theirs, _ = _bidir_pair("gru")
+    gru = torch.nn.GRU(
+        INPUT_SIZE, HIDDEN, num_layers=2, dropout=0.5, bidirectional=True, batch_first=True
+    )
+    ours = bridge.GRUModule(gru=gru, in_keys=["obs", "h"], out_keys=["out", ("next", "h")])
+    ours.gru.load_state_dict(theirs.gru.state_dict())
+    td = _bidir_td("gru", (3, T))
+    with torch.no_grad(), set_recurrent_mode(True):
+        ours.eval()
+        np.testing.assert_allclose(
+            ours(td.clone())["out"].numpy(), theirs(td.clone())["out"].numpy(), atol=1e-5
+        )
+        ours.train()
+        dropped = ours(td.clone())["out"]
+        plain = theirs(td.clone())["out"]
+    assert dropped.shape == (3, T, 2 * HIDDEN)
+    assert not np.allclose(dropped.numpy(), plain.numpy(), atol=1e-3)
