@@ -265,8 +265,7 @@ def _sweep_md(sweeps: dict) -> list[str]:
         w = deep["workload"]
         lines += [
             "",
-            f"### At depth: L={w.get('L')}, B={w.get('B')}, T={w.get('T')} "
-            "(compiled, not timed)",
+            f"### At depth: L={w.get('L')}, B={w.get('B')}, T={w.get('T')} (compiled, not timed)",
             "",
             "| | temp | temp per row-step | total | total / torch saved |",
             "|---|---|---|---|---|",
@@ -356,7 +355,9 @@ def plot(result: dict, path: Path) -> None:
     ax.bar(xs, temps, 0.35, label="temp", color="tab:orange")
     if mem.get("torch_lstm_saved_for_backward_bytes"):
         labels.append("torch saved")
-        ax.bar([len(xs)], [mem["torch_lstm_saved_for_backward_bytes"] / 2**20], 0.6, color="tab:gray")
+        ax.bar(
+            [len(xs)], [mem["torch_lstm_saved_for_backward_bytes"] / 2**20], 0.6, color="tab:gray"
+        )
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels)
     ax.set_ylabel("MiB")

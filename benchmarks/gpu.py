@@ -39,12 +39,24 @@ BACKENDS = ("pad", "scan", "triton")
 def workloads() -> list[Workload]:
     extra = [
         Workload(
-            "tr_B128_T128_H256", "train", batch=128, steps=128, input_size=64, hidden_size=256,
-            reset_prob=0.03, description="torchrl GPU shape, 3% resets",
+            "tr_B128_T128_H256",
+            "train",
+            batch=128,
+            steps=128,
+            input_size=64,
+            hidden_size=256,
+            reset_prob=0.03,
+            description="torchrl GPU shape, 3% resets",
         ),
         Workload(
-            "tr_B256_T128_I32_H512", "train", batch=256, steps=128, input_size=32,
-            hidden_size=512, reset_prob=0.02, description="torchrl GPU shape",
+            "tr_B256_T128_I32_H512",
+            "train",
+            batch=256,
+            steps=128,
+            input_size=32,
+            hidden_size=512,
+            reset_prob=0.02,
+            description="torchrl GPU shape",
         ),
     ]
     return main_workloads(False) + extra
@@ -63,7 +75,9 @@ def jax_runner(wl: Workload, data: Any, weights: dict, projection: str) -> Calla
 
         @jax.jit
         def step(p, x_t, s, ii):
-            y, states = jaxlstm.lstm_scan(p, x_t[:, None], s, ii[:, None], input_projection=projection)
+            y, states = jaxlstm.lstm_scan(
+                p, x_t[:, None], s, ii[:, None], input_projection=projection
+            )
             return y[:, 0], jax.tree.map(lambda a: a[:, 0], states)
 
         carry = [state]
@@ -83,7 +97,9 @@ def jax_runner(wl: Workload, data: Any, weights: dict, projection: str) -> Calla
 
         return lambda: jax.block_until_ready(grad(params, x, is_init, ct))
 
-    infer = jax.jit(lambda p, x_, ii: jaxlstm.lstm_scan(p, x_, None, ii, input_projection=projection))
+    infer = jax.jit(
+        lambda p, x_, ii: jaxlstm.lstm_scan(p, x_, None, ii, input_projection=projection)
+    )
     return lambda: jax.block_until_ready(infer(params, x, is_init))
 
 
@@ -136,8 +152,13 @@ def torch_runners(
     for backend in BACKENDS:
         try:
             module = LSTMModule(
-                input_size=wl.input_size, hidden_size=wl.hidden_size, num_layers=wl.num_layers,
-                in_key="obs", out_key="embed", recurrent_backend=backend, device=dev,
+                input_size=wl.input_size,
+                hidden_size=wl.hidden_size,
+                num_layers=wl.num_layers,
+                in_key="obs",
+                out_key="embed",
+                recurrent_backend=backend,
+                device=dev,
             )
         except Exception as e:  # noqa: BLE001 - reported as n/a
             out[f"torchrl {backend}"] = e
@@ -149,13 +170,21 @@ def torch_runners(
 
             def step(module=module, is_init=is_init, state=state):
                 td = TensorDict(
-                    {"obs": x, "is_init": is_init, "recurrent_state_h": state[0],
-                     "recurrent_state_c": state[1]},
-                    batch_size=[wl.batch], device=dev,
+                    {
+                        "obs": x,
+                        "is_init": is_init,
+                        "recurrent_state_h": state[0],
+                        "recurrent_state_c": state[1],
+                    },
+                    batch_size=[wl.batch],
+                    device=dev,
                 )
                 with torch.no_grad():
                     td = module(td)
-                state[0], state[1] = td["next", "recurrent_state_h"], td["next", "recurrent_state_c"]
+                state[0], state[1] = (
+                    td["next", "recurrent_state_h"],
+                    td["next", "recurrent_state_c"],
+                )
                 sync()
                 return td["embed"]
 
@@ -163,10 +192,14 @@ def torch_runners(
             continue
         steps = (wl.batch, wl.steps)
         td = TensorDict(
-            {"obs": x, "is_init": torch.from_numpy(data.is_init)[..., None].to(dev),
-             "recurrent_state_h": torch.zeros(steps + shape, device=dev),
-             "recurrent_state_c": torch.zeros(steps + shape, device=dev)},
-            batch_size=list(steps), device=dev,
+            {
+                "obs": x,
+                "is_init": torch.from_numpy(data.is_init)[..., None].to(dev),
+                "recurrent_state_h": torch.zeros(steps + shape, device=dev),
+                "recurrent_state_c": torch.zeros(steps + shape, device=dev),
+            },
+            batch_size=list(steps),
+            device=dev,
         )
         if wl.kind == "train":
             ct = torch.from_numpy(data.cotangent).to(dev)
@@ -211,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="gpu")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     p.add_argument(
-        "--cpu-smoke", action="store_true",
+        "--cpu-smoke",
+        action="store_true",
         help="check the script's logic on CPU with tiny shapes (times are meaningless)",
     )
     args = p.parse_args(argv)
@@ -221,14 +255,19 @@ def main(argv: list[str] | None = None) -> int:
 
     device = "cpu" if args.cpu_smoke else "cuda"
     if not args.cpu_smoke and (jax.default_backend() != "gpu" or not torch.cuda.is_available()):
-        print(f"benchmarks.gpu needs a GPU for jax and torch (jax: {jax.default_backend()}, "
-              f"torch cuda: {torch.cuda.is_available()}); not running.")
+        print(
+            f"benchmarks.gpu needs a GPU for jax and torch (jax: {jax.default_backend()}, "
+            f"torch cuda: {torch.cuda.is_available()}); not running."
+        )
         return 2
     results: dict[str, dict] = {}
     start = time.perf_counter()
     todo = workloads()
     if args.cpu_smoke:
-        todo = [w.replace(batch=min(w.batch, 4), steps=min(w.steps, 8), hidden_size=16) for w in main_workloads(True)]
+        todo = [
+            w.replace(batch=min(w.batch, 4), steps=min(w.steps, 8), hidden_size=16)
+            for w in main_workloads(True)
+        ]
     for wl in todo:
         data, weights = make_data(wl), torch_layout_weights(wl)
         rows: dict[str, Callable[[], Any] | Exception] = {}
@@ -250,15 +289,23 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["| workload | " + " | ".join(next(iter(results.values()))) + " |"]
     lines.append("|---|" + "---|" * len(next(iter(results.values()))))
     for wname, rows in results.items():
-        cells = [f"{r['median_s'] * 1e3:.3f} ms" if "median_s" in r else "n/a" for r in rows.values()]
+        cells = [
+            f"{r['median_s'] * 1e3:.3f} ms" if "median_s" in r else "n/a" for r in rows.values()
+        ]
         lines.append(f"| {wname} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)", "jax": jax.__version__,
-            "torch": torch.__version__, "seconds": time.perf_counter() - start,
-            "load": os.getloadavg()}
-    (args.out_dir / f"{args.name}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    meta = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke)",
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "seconds": time.perf_counter() - start,
+        "load": os.getloadavg(),
+    }
+    (args.out_dir / f"{args.name}.json").write_text(
+        json.dumps({"meta": meta, "results": results}, indent=1)
+    )
     (args.out_dir / f"{args.name}.md").write_text(f"{meta}\n\n{table}\n")
     return 0
 

@@ -227,9 +227,7 @@ def _gru_module_builder(cls_path: str, **kwargs: Any) -> Callable:
             from bridge import GRUModule
         else:
             from torchrl.modules import GRUModule
-        module = GRUModule(
-            wl.input_size, wl.hidden_size, in_key=IN_KEY, out_key=OUT_KEY, **kwargs
-        )
+        module = GRUModule(wl.input_size, wl.hidden_size, in_key=IN_KEY, out_key=OUT_KEY, **kwargs)
         module.gru.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
         return _tensordict_runner(module, wl, data)
 
@@ -273,8 +271,14 @@ def run(quick: bool, repeats: int, min_sample_s: float) -> dict:
         ratio = None if a is None or b is None else a / b
         status = "n/a" if ratio is None else ("met" if ratio <= bound else "missed")
         targets.append(
-            {"workload": wl_name, "ours": ours, "peer": peer, "bound": bound, "ratio": ratio,
-             "status": status}
+            {
+                "workload": wl_name,
+                "ours": ours,
+                "peer": peer,
+                "bound": bound,
+                "ratio": ratio,
+                "status": status,
+            }
         )
         shown = "—" if ratio is None else f"{ratio:.2f}"
         print(f"target {wl_name} {ours} / {peer} <= {bound}: {shown} ({status})")

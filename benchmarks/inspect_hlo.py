@@ -52,7 +52,9 @@ def programs(workload: str) -> dict:
     zeros = jnp.zeros((wl.batch, wl.hidden_size))
     out["scanned_rnn"] = (
         jax.grad(
-            lambda p, x_, r_, ct_: jnp.sum(model.apply({"params": p}, (zeros, zeros), (x_, r_))[1] * ct_)
+            lambda p, x_, r_, ct_: jnp.sum(
+                model.apply({"params": p}, (zeros, zeros), (x_, r_))[1] * ct_
+            )
         ),
         (cell, jnp.swapaxes(x, 0, 1), jnp.swapaxes(ii, 0, 1), jnp.swapaxes(ct, 0, 1)),
     )

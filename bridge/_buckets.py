@@ -51,8 +51,7 @@ def resolve_time_buckets(time_buckets: TimeBuckets) -> Callable[[int], int] | No
     if time_buckets is None or callable(time_buckets):
         return time_buckets
     raise ValueError(
-        "time_buckets must be 'auto', None or a callable int -> int. "
-        f"Got {time_buckets!r}."
+        f"time_buckets must be 'auto', None or a callable int -> int. Got {time_buckets!r}."
     )
 
 

@@ -65,7 +65,6 @@ _TORCH_PRECISIONS = {
 }
 
 
-
 # --------------------------------------------------------------------------
 # The pure JAX computation, compiled once per static config and input shape.
 # --------------------------------------------------------------------------
@@ -169,7 +168,9 @@ def _meta_outputs(programs, names, tensors, x, states, is_init):
     """The outputs' shapes, as ``meta`` tensors, from ``jax.eval_shape`` of the program."""
 
     def spec(t):
-        return None if t is None else jax.ShapeDtypeStruct(tuple(t.shape), torch_dtype_to_jax(t.dtype))
+        return (
+            None if t is None else jax.ShapeDtypeStruct(tuple(t.shape), torch_dtype_to_jax(t.dtype))
+        )
 
     params = {name: spec(t) for name, t in zip(names, tensors)}
     jax_states = None if states is None else tuple(spec(s) for s in states)
@@ -526,8 +527,9 @@ def _check_backend_options(
         )
 
 
-def _check_new_rnn(hidden_size: Any, batch_first: bool, python_based: bool, bidirectional: bool,
-                   table: _Table) -> None:
+def _check_new_rnn(
+    hidden_size: Any, batch_first: bool, python_based: bool, bidirectional: bool, table: _Table
+) -> None:
     if not batch_first:
         raise ValueError(f"The input {table.attr} must have batch_first=True.")
     if not hidden_size:
@@ -538,9 +540,7 @@ def _check_new_rnn(hidden_size: Any, batch_first: bool, python_based: bool, bidi
         # torch.nn.LSTM's message, plus the value.
         raise ValueError(f"hidden_size must be greater than zero. Got {hidden_size}.")
     if python_based and bidirectional:
-        raise ValueError(
-            f"python_based=True does not support bidirectional {table.torch_mode}s."
-        )
+        raise ValueError(f"python_based=True does not support bidirectional {table.torch_mode}s.")
 
 
 def _check_given_rnn(rnn: nn.Module, input_size: Any, hidden_size: Any, table: _Table) -> None:
@@ -962,7 +962,11 @@ class _RecurrentModule(TensorDictModuleBase):
                 "have at least one batch dim (time). Got a 0-d tensordict."
             )
         n = len(self._table.state_keys)
-        value_key, state_keys, init_key = self.in_keys[0], self.in_keys[1 : 1 + n], self.in_keys[1 + n]
+        value_key, state_keys, init_key = (
+            self.in_keys[0],
+            self.in_keys[1 : 1 + n],
+            self.in_keys[1 + n],
+        )
         value = tensordict.get(value_key, None)
         states = [tensordict.get(key, None) for key in state_keys]
         is_init = tensordict.get(init_key, None)
@@ -1279,9 +1283,7 @@ class LSTMModule(_RecurrentModule):
         time_buckets: TimeBuckets = "auto",
     ):
         super().__init__()
-        _check_backend_options(
-            recurrent_backend, recurrent_recompute, recurrent_matmul_precision
-        )
+        _check_backend_options(recurrent_backend, recurrent_recompute, recurrent_matmul_precision)
         table = self._table
         if lstm is not None:
             _check_given_rnn(lstm, input_size, hidden_size, table)
@@ -1388,9 +1390,7 @@ class GRUModule(_RecurrentModule):
         time_buckets: TimeBuckets = "auto",
     ):
         super().__init__()
-        _check_backend_options(
-            recurrent_backend, recurrent_recompute, recurrent_matmul_precision
-        )
+        _check_backend_options(recurrent_backend, recurrent_recompute, recurrent_matmul_precision)
         table = self._table
         if gru is not None:
             _check_given_rnn(gru, input_size, hidden_size, table)

@@ -287,13 +287,18 @@ def continue_in_jax(config: Config) -> jax.Array:
     policy_state = dict(np.load(out_dir / STATE_DICT_FILE))
     policy_state.update({k: np.asarray(v) for k, v in back.items()})
     np.savez(out_dir / FINETUNED_POLICY_FILE, **policy_state)
-    np.savez(out_dir / VALUE_HEAD_FILE, weight=np.asarray(critic["value"]["w"])[None],
-             bias=np.asarray(critic["value"]["b"])[None])  # torch.nn.Linear(H, 1)'s layout
+    np.savez(
+        out_dir / VALUE_HEAD_FILE,
+        weight=np.asarray(critic["value"]["w"])[None],
+        bias=np.asarray(critic["value"]["b"])[None],
+    )  # torch.nn.Linear(H, 1)'s layout
     print(
         f"jax: loss {losses[0]:.3f} -> {losses[-1]:.3f}; fine-tuned LSTM arrays: {', '.join(back)}"
     )
-    print(f"jax: saved the fine-tuned policy state dict to {out_dir / FINETUNED_POLICY_FILE} "
-          f"and the value head to {out_dir / VALUE_HEAD_FILE}")
+    print(
+        f"jax: saved the fine-tuned policy state dict to {out_dir / FINETUNED_POLICY_FILE} "
+        f"and the value head to {out_dir / VALUE_HEAD_FILE}"
+    )
     return losses
 
 
@@ -319,32 +324,52 @@ def load_finetuned_in_torch(config: Config) -> float:
     torch.save(policy.state_dict(), out_dir / FINETUNED_TORCH_FILE)
 
     lstm_params = jaxlstm.params_from_torch_state_dict(arrays)
-    lstm = jaxlstm.LSTM(lstm_params["params"]["weight_hh_l0"].shape[1], recurrent_mode=True,
-                        precision=jax.lax.Precision.HIGHEST)
+    lstm = jaxlstm.LSTM(
+        lstm_params["params"]["weight_hh_l0"].shape[1],
+        recurrent_mode=True,
+        precision=jax.lax.Precision.HIGHEST,
+    )
     ours, _ = lstm.apply(lstm_params, data["observation"], None, data["is_init"])
     steps = data["observation"].shape[0]
-    td = TensorDict({"observation": torch.from_numpy(data["observation"]),
-                     "is_init": torch.from_numpy(data["is_init"])}, batch_size=[steps])
+    td = TensorDict(
+        {
+            "observation": torch.from_numpy(data["observation"]),
+            "is_init": torch.from_numpy(data["is_init"]),
+        },
+        batch_size=[steps],
+    )
     with torch.no_grad(), set_recurrent_mode(True):
         theirs = policy(td.unsqueeze(0))[0]["intermediate"].numpy()
     diff = float(np.abs(np.asarray(ours) - theirs).max())
     assert diff <= PARITY_ATOL, f"fine-tuned weights differ in torch: {diff:.2e}"
-    print(f"torch: the fine-tuned policy loads into torchrl (max |diff| vs JAX {diff:.1e}); "
-          f"saved its state_dict to {out_dir / FINETUNED_TORCH_FILE}")
+    print(
+        f"torch: the fine-tuned policy loads into torchrl (max |diff| vs JAX {diff:.1e}); "
+        f"saved its state_dict to {out_dir / FINETUNED_TORCH_FILE}"
+    )
     return diff
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--stage", choices=["all", "torch", "jax"], default="all",
+        "--stage",
+        choices=["all", "torch", "jax"],
+        default="all",
         help="torch: export the policy and a rollout (needs torch, torchrl, gymnasium); jax: "
-             "load them, check, fine-tune and save (no torch needed; run torch first); all "
-             "(default): both, then load the fine-tuned weights back into torchrl")
-    parser.add_argument("--out-dir", default=Config.out_dir,
-                        help=f"where the .npz/.pt files go (default {Config.out_dir})")
-    parser.add_argument("--num-updates", type=int, default=Config.num_updates,
-                        help=f"critic fine-tuning steps in JAX (default {Config.num_updates})")
+        "load them, check, fine-tune and save (no torch needed; run torch first); all "
+        "(default): both, then load the fine-tuned weights back into torchrl",
+    )
+    parser.add_argument(
+        "--out-dir",
+        default=Config.out_dir,
+        help=f"where the .npz/.pt files go (default {Config.out_dir})",
+    )
+    parser.add_argument(
+        "--num-updates",
+        type=int,
+        default=Config.num_updates,
+        help=f"critic fine-tuning steps in JAX (default {Config.num_updates})",
+    )
     args = parser.parse_args(argv)
     config = Config(out_dir=args.out_dir, num_updates=args.num_updates)
     if args.stage in ("all", "torch"):

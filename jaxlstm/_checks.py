@@ -126,8 +126,7 @@ def check_array_state(
     """Checks that ``state`` is one array of shape ``[*leading, L, H]`` (a GRU's state)."""
     if isinstance(state, (LSTMState, tuple, list, dict)) or not hasattr(state, "shape"):
         raise TypeError(
-            f"{name} must be one array {layout} (a GRU's hidden state). "
-            f"Got {type(state).__name__}."
+            f"{name} must be one array {layout} (a GRU's hidden state). Got {type(state).__name__}."
         )
     expected = tuple(leading_shape) + (num_layers, hidden_size)
     got = _shape(state)

@@ -98,7 +98,11 @@ def _forward(spec, weights, xs, carry0, resets, target, *, cast_in_body: bool, s
         x_t, reset_t, target_t = inputs
         w = mm_weights() if cast_in_body else w_outside
         carry = _select(reset_t, _targets_at(spec, target, target_t), carry)
-        gx = x_t if spec.hoisted else cell.project_input(w, x_t, precision=spec.precision, accum=accum)
+        gx = (
+            x_t
+            if spec.hoisted
+            else cell.project_input(w, x_t, precision=spec.precision, accum=accum)
+        )
         new_carry, residual = cell.step(w, gx, carry, precision=spec.precision)
         return new_carry, (new_carry, residual if save else None)
 
@@ -144,7 +148,9 @@ def _layer_custom_bwd(spec, saved, d_carries):
         # The carry step t started from, after its reset, read from the saved
         # carries (no shifted copy of them is made).
         before = tuple(
-            jnp.where(t == 0, c0, lax.dynamic_index_in_dim(c, jnp.maximum(t - 1, 0), keepdims=False))
+            jnp.where(
+                t == 0, c0, lax.dynamic_index_in_dim(c, jnp.maximum(t - 1, 0), keepdims=False)
+            )
             for c0, c in zip(carry0, carries)
         )
         return _select(reset_t, target_t, before)

@@ -176,7 +176,11 @@ class _Recurrent(nn.Module):
         if np.shape(x)[-1] != input_size:
             check_input(x, input_size, recurrent=self.recurrent_mode)  # raises, naming both
         expected = param_shapes(
-            input_size, self.hidden_size, self.num_layers, self.use_bias, cell=self._the_cell(),
+            input_size,
+            self.hidden_size,
+            self.num_layers,
+            self.use_bias,
+            cell=self._the_cell(),
             bidirectional=bool(self.bidirectional),
         )
         if set(stored) != set(expected):
@@ -195,7 +199,11 @@ class _Recurrent(nn.Module):
     def _declare_params(self, input_size: int) -> dict[str, jax.Array]:
         init = _torch_uniform(1.0 / math.sqrt(self.hidden_size))
         shapes = param_shapes(
-            input_size, self.hidden_size, self.num_layers, self.use_bias, cell=self._the_cell(),
+            input_size,
+            self.hidden_size,
+            self.num_layers,
+            self.use_bias,
+            cell=self._the_cell(),
             bidirectional=bool(self.bidirectional),
         )
         return {
@@ -213,9 +221,7 @@ class _Recurrent(nn.Module):
         """
         return self.clone(recurrent_mode=bool(mode))
 
-    def initial_state(
-        self, batch_shape: Sequence[int] | int = (), dtype: Any = jnp.float32
-    ) -> Any:
+    def initial_state(self, batch_shape: Sequence[int] | int = (), dtype: Any = jnp.float32) -> Any:
         """Zeros of shape ``[*batch_shape, L, H]``; needs no parameters or RNG.
 
         An ``LSTMState`` for ``LSTM``, one array for ``GRU``.
@@ -225,7 +231,10 @@ class _Recurrent(nn.Module):
             batch_shape = (batch_shape,)
         return self._the_cell().make_state(
             tuple(
-                jnp.zeros(tuple(batch_shape) + (self.num_layers * (2 if self.bidirectional else 1), w), dtype)
+                jnp.zeros(
+                    tuple(batch_shape) + (self.num_layers * (2 if self.bidirectional else 1), w),
+                    dtype,
+                )
                 for w in self._the_cell().carry_widths(self.hidden_size)
             )
         )

@@ -120,9 +120,7 @@ def prepare(
         carry0 = tuple(jnp.zeros((n, layers, w), carry_dtype) for w in widths)
 
     if is_init is not None:
-        resets = _checks.normalize_is_init(
-            is_init, batch_shape + ((steps,) if recurrent else ())
-        )
+        resets = _checks.normalize_is_init(is_init, batch_shape + ((steps,) if recurrent else ()))
         resets = jnp.swapaxes(jnp.reshape(resets, (n, steps)), 0, 1)  # [T, N]
     else:
         resets = jnp.zeros((steps, n), jnp.bool_)

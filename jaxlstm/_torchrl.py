@@ -72,9 +72,17 @@ def torchrl_apply(
         )
     stored = None if h is None else LSTMState(h=h, c=c)
     y, states = _apply(
-        lstm_cell_for(params), params, x, stored, is_init, recurrent=recurrent,
-        full_hidden_states=full_hidden_states, dropout_rate=dropout_rate,
-        dropout_rng=dropout_rng, precision=precision, remat=remat,
+        lstm_cell_for(params),
+        params,
+        x,
+        stored,
+        is_init,
+        recurrent=recurrent,
+        full_hidden_states=full_hidden_states,
+        dropout_rate=dropout_rate,
+        dropout_rng=dropout_rng,
+        precision=precision,
+        remat=remat,
     )
     return y, states.h, states.c
 
@@ -113,14 +121,34 @@ def torchrl_gru_apply(
       recurrent ``[*B, T, H]``, ``[*B, T, L, H]``.
     """
     return _apply(
-        GRU_CELL, params, x, h, is_init, recurrent=recurrent,
-        full_hidden_states=full_hidden_states, dropout_rate=dropout_rate,
-        dropout_rng=dropout_rng, precision=precision, remat=remat,
+        GRU_CELL,
+        params,
+        x,
+        h,
+        is_init,
+        recurrent=recurrent,
+        full_hidden_states=full_hidden_states,
+        dropout_rate=dropout_rate,
+        dropout_rng=dropout_rng,
+        precision=precision,
+        remat=remat,
     )
 
 
-def _apply(cell, params, x, stored, is_init, *, recurrent, full_hidden_states, dropout_rate,
-           dropout_rng, precision, remat):
+def _apply(
+    cell,
+    params,
+    x,
+    stored,
+    is_init,
+    *,
+    recurrent,
+    full_hidden_states,
+    dropout_rate,
+    dropout_rng,
+    precision,
+    remat,
+):
     """torchrl's forward for any cell; ``stored`` is the cell's state or None."""
     if recurrent:
         config = CoreConfig(

@@ -39,7 +39,8 @@ def _state_batch(state: LSTMState, x: jax.Array, name: str) -> bool:
     """True when ``state`` is per step ``[*B, T, L, H]``, False for ``[*B, L, H]``."""
     if not isinstance(state, LSTMState):
         raise TypeError(
-            f"{name} must be a jaxlstm.LSTMState(h=..., c=...). Got {type(state).__name__}.")
+            f"{name} must be a jaxlstm.LSTMState(h=..., c=...). Got {type(state).__name__}."
+        )
     batch_ndim = x.ndim - 2  # x is [*B, T, I]
     if state.h.ndim == batch_ndim + 3:
         return True
@@ -128,27 +129,35 @@ def lstm_burn_in(
     def segment(start, stop):
         return (
             _time_slice(x, start, stop, 1),
-            _time_slice(is_init, start, stop, 1 if is_init is not None and
-                        is_init.ndim == x.ndim else 0),
-            (LSTMState(*(_time_slice(a, start, stop, 2) for a in reset_state))
-             if per_step_reset else reset_state),
+            _time_slice(
+                is_init, start, stop, 1 if is_init is not None and is_init.ndim == x.ndim else 0
+            ),
+            (
+                LSTMState(*(_time_slice(a, start, stop, 2) for a in reset_state))
+                if per_step_reset
+                else reset_state
+            ),
         )
 
     if burn_in == 0:
-        return lstm_scan(params, x, state, is_init, reset_state, dropout_rng=dropout_rng,
-                         **scan_kwargs)
+        return lstm_scan(
+            params, x, state, is_init, reset_state, dropout_rng=dropout_rng, **scan_kwargs
+        )
     x_b, init_b, reset_b = segment(0, burn_in)
     # No gradient reaches the burn-in: not through the parameters, the inputs
     # or the stored state (R2D2 treats the stored state as data).
     y_b, states_b = jax.lax.stop_gradient(
-        lstm_scan(params, x_b, state, init_b, reset_b, dropout_rng=burn_rng, **scan_kwargs))
+        lstm_scan(params, x_b, state, init_b, reset_b, dropout_rng=burn_rng, **scan_kwargs)
+    )
     start_state = jax.tree.map(lambda a: a[..., -1, :, :], states_b)
     x_t, init_t, reset_t = segment(burn_in, steps)
-    y_t, states_t = lstm_scan(params, x_t, start_state, init_t, reset_t,
-                              dropout_rng=train_rng, **scan_kwargs)
+    y_t, states_t = lstm_scan(
+        params, x_t, start_state, init_t, reset_t, dropout_rng=train_rng, **scan_kwargs
+    )
     y = jnp.concatenate([y_b.astype(y_t.dtype), y_t], axis=-2)
-    states = jax.tree.map(lambda a, b: jnp.concatenate([a.astype(b.dtype), b], axis=-3),
-                          states_b, states_t)
+    states = jax.tree.map(
+        lambda a, b: jnp.concatenate([a.astype(b.dtype), b], axis=-3), states_b, states_t
+    )
     return y, LSTMState(*states)
 
 
@@ -209,10 +218,13 @@ def split_chunks(
         raise ValueError(f"chunk_length must be an int >= 1. Got {chunk_length!r}.")
     if not isinstance(states, LSTMState):
         raise TypeError(
-            f"states must be a jaxlstm.LSTMState(h=..., c=...). Got {type(states).__name__}.")
+            f"states must be a jaxlstm.LSTMState(h=..., c=...). Got {type(states).__name__}."
+        )
     if layout == "before" and initial_state is not None:
-        raise ValueError("initial_state must be None with layout='before' (the state before "
-                         "step 0 is states[..., 0, :, :]). Got an initial_state.")
+        raise ValueError(
+            "initial_state must be None with layout='before' (the state before "
+            "step 0 is states[..., 0, :, :]). Got an initial_state."
+        )
     if is_init.ndim >= 2 and is_init.shape[-1] == 1 and is_init.ndim == states.h.ndim - 1:
         is_init = is_init[..., 0]
     lead = tuple(is_init.shape)
@@ -222,12 +234,14 @@ def split_chunks(
     if tuple(states.h.shape[:-2]) != lead or tuple(states.c.shape[:-2]) != lead:
         raise ValueError(
             f"states must have shape [*B, T, L, H] with [*B, T]={lead} (is_init's shape). "
-            f"Got states.h.shape={tuple(states.h.shape)}, states.c.shape={tuple(states.c.shape)}.")
+            f"Got states.h.shape={tuple(states.h.shape)}, states.c.shape={tuple(states.c.shape)}."
+        )
     for path, leaf in jax.tree_util.tree_leaves_with_path(data):
-        if tuple(leaf.shape[:len(lead)]) != lead:
+        if tuple(leaf.shape[: len(lead)]) != lead:
             raise ValueError(
                 f"data{jax.tree_util.keystr(path)} must have shape [*B, T, ...] with [*B, T]="
-                f"{lead} (is_init's shape). Got {tuple(leaf.shape)}.")
+                f"{lead} (is_init's shape). Got {tuple(leaf.shape)}."
+            )
     num_chunks = -(-steps // chunk_length)
     pad = num_chunks * chunk_length - steps
     axis = len(lead) - 1
@@ -236,7 +250,7 @@ def split_chunks(
         widths = [(0, 0)] * a.ndim
         widths[axis] = (0, pad)
         a = jnp.pad(a, widths)
-        return jnp.reshape(a, a.shape[:axis] + (num_chunks, chunk_length) + a.shape[axis + 1:])
+        return jnp.reshape(a, a.shape[:axis] + (num_chunks, chunk_length) + a.shape[axis + 1 :])
 
     starts = jnp.arange(num_chunks) * chunk_length
     if layout == "before":
@@ -247,9 +261,13 @@ def split_chunks(
         # The state before chunk c is the state after step c * Tc - 1.
         prev = jax.tree.map(lambda a: jnp.take(a, starts[1:] - 1, axis=axis), states)
         start_state = jax.tree.map(
-            lambda s0, rest: jnp.concatenate([jnp.expand_dims(s0, axis).astype(rest.dtype), rest],
-                                             axis=axis),
-            initial_state, prev)
+            lambda s0, rest: jnp.concatenate(
+                [jnp.expand_dims(s0, axis).astype(rest.dtype), rest], axis=axis
+            ),
+            initial_state,
+            prev,
+        )
     mask = chunk(jnp.ones(lead, bool))
-    return Chunks(jax.tree.map(chunk, data), chunk(jnp.asarray(is_init, bool)),
-                  LSTMState(*start_state), mask)
+    return Chunks(
+        jax.tree.map(chunk, data), chunk(jnp.asarray(is_init, bool)), LSTMState(*start_state), mask
+    )

@@ -42,9 +42,20 @@ def make_inputs(num_layers, seed=0):
     per_step = LSTMState(
         *(rng.normal(size=BATCH + (T, num_layers, H)).astype(np.float32) for _ in "hc")
     )
-    constant = LSTMState(*(rng.normal(size=BATCH + (num_layers, H)).astype(np.float32) for _ in "hc"))
-    cot = tuple(rng.normal(size=s).astype(np.float32) for s in [BATCH + (T, H)] + [BATCH + (T, num_layers, H)] * 2)
-    return x, state, is_init, {"none": None, "zeros": None, "constant": constant, "per_step": per_step}, cot
+    constant = LSTMState(
+        *(rng.normal(size=BATCH + (num_layers, H)).astype(np.float32) for _ in "hc")
+    )
+    cot = tuple(
+        rng.normal(size=s).astype(np.float32)
+        for s in [BATCH + (T, H)] + [BATCH + (T, num_layers, H)] * 2
+    )
+    return (
+        x,
+        state,
+        is_init,
+        {"none": None, "zeros": None, "constant": constant, "per_step": per_step},
+        cot,
+    )
 
 
 def plain_lstm(params, x, state, is_init, reset_state, masks):

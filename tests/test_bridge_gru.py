@@ -294,9 +294,7 @@ def test_pendulum_rollout_matches_torchrl_action_for_action():
             rollouts.append(env.rollout(25, policy, break_when_any_done=False))
     theirs, ours = rollouts
     np.testing.assert_allclose(ours["action"].numpy(), theirs["action"].numpy(), atol=ATOL)
-    np.testing.assert_allclose(
-        ours["next", "rs"].numpy(), theirs["next", "rs"].numpy(), atol=ATOL
-    )
+    np.testing.assert_allclose(ours["next", "rs"].numpy(), theirs["next", "rs"].numpy(), atol=ATOL)
     assert ours["is_init"].squeeze(-1).nonzero().squeeze(-1).tolist() == [0, 10, 20]
     assert torch.count_nonzero(ours["rs"][1:10]) > 0  # the primer threads the state
     assert torch.count_nonzero(ours["rs"][10]) == 0  # and zeroes it at a reset
@@ -307,9 +305,7 @@ def test_pendulum_rollout_matches_torchrl_action_for_action():
         seq_ours = ours_gru(replay.clone())
         seq_theirs = theirs_gru(replay.clone())
     assert_same(seq_theirs, seq_ours, ["features", ("next", "rs")])
-    np.testing.assert_allclose(
-        seq_ours["features"].numpy(), ours["features"].numpy(), atol=ATOL
-    )
+    np.testing.assert_allclose(seq_ours["features"].numpy(), ours["features"].numpy(), atol=ATOL)
 
 
 def test_float64_module_matches_torchrl_in_float64():
@@ -344,5 +340,7 @@ def test_torch_compile_breaks_the_graph_at_the_gru_and_matches_torchrl():
     with torch.no_grad():
         for seed in range(2):
             td = make_td((3,), 2, seed=seed)
-            assert_same(policy(theirs)(td.clone()), compiled(td.clone()), [*ours.out_keys, "action"])
+            assert_same(
+                policy(theirs)(td.clone()), compiled(td.clone()), [*ours.out_keys, "action"]
+            )
     assert any("torch.compiler.disable" in reason for reason in counters["graph_break"])

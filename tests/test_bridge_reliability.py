@@ -298,7 +298,9 @@ def test_concurrent_first_calls_leave_the_warning_filters_alone(tmp_path, run_py
 
 def test_meta_device_gives_meta_outputs_of_torchrls_shapes():
     def meta_module(cls):
-        return cls(input_size=I, hidden_size=H, num_layers=2, in_key="x", out_key="y", device="meta")
+        return cls(
+            input_size=I, hidden_size=H, num_layers=2, in_key="x", out_key="y", device="meta"
+        )
 
     td = TensorDict(
         {

@@ -70,21 +70,28 @@ def test_all_stages_save_finetuned_weights_torchrl_loads(tmp_path, run):
     tuned = dict(np.load(tmp_path / "finetuned_policy_state_dict.npz"))
     assert tuned.keys() == original.keys()
     # The LSTM was fine-tuned, the actor head kept.
-    assert not np.array_equal(tuned["module.0.lstm.weight_hh_l0"],
-                              original["module.0.lstm.weight_hh_l0"])
-    np.testing.assert_array_equal(tuned["module.1.module.0.weight"],
-                                  original["module.1.module.0.weight"])
+    assert not np.array_equal(
+        tuned["module.0.lstm.weight_hh_l0"], original["module.0.lstm.weight_hh_l0"]
+    )
+    np.testing.assert_array_equal(
+        tuned["module.1.module.0.weight"], original["module.1.module.0.weight"]
+    )
     # torch's own state_dict file loads, strictly, into the torchrl policy.
     policy = example.build_torch_policy(example.Config(), 3)
     policy.load_state_dict(torch.load(tmp_path / "finetuned_policy_state_dict.pt"))
-    np.testing.assert_array_equal(policy.state_dict()["module.0.lstm.weight_hh_l0"].numpy(),
-                                  tuned["module.0.lstm.weight_hh_l0"])
+    np.testing.assert_array_equal(
+        policy.state_dict()["module.0.lstm.weight_hh_l0"].numpy(),
+        tuned["module.0.lstm.weight_hh_l0"],
+    )
     value_head = np.load(tmp_path / "value_head.npz")
     assert value_head["weight"].shape == (1, 32) and value_head["bias"].shape == (1,)
 
 
 def test_options_have_help(tmp_path, run):
     out = " ".join(run([str(SCRIPT), "--help"]).split())  # argparse wraps the help lines
-    for text in ("load them, check, fine-tune and save", "where the .npz/.pt files go",
-                 "critic fine-tuning steps in JAX"):
+    for text in (
+        "load them, check, fine-tune and save",
+        "where the .npz/.pt files go",
+        "critic fine-tuning steps in JAX",
+    ):
         assert text in out, out

@@ -90,7 +90,10 @@ def test_projected_lstm_forward_matches_torch(num_layers, bias):
     )
     y_t, (h_t, c_t) = lstm(
         torch.tensor(x),
-        (torch.tensor(h0).transpose(0, 1).contiguous(), torch.tensor(c0).transpose(0, 1).contiguous()),
+        (
+            torch.tensor(h0).transpose(0, 1).contiguous(),
+            torch.tensor(c0).transpose(0, 1).contiguous(),
+        ),
     )
     assert y.shape == (3, T, PROJ) and states.h.shape == (3, T, num_layers, PROJ)
     assert states.c.shape == (3, T, num_layers, HIDDEN)
@@ -123,7 +126,9 @@ def test_projected_lstm_gradients_match_torch_with_resets(backward, num_layers, 
     for got, leaf in zip(grads[1:], leaves):
         np.testing.assert_allclose(got, leaf.grad.numpy(), atol=1e-4)
     for name, p in lstm.named_parameters():
-        np.testing.assert_allclose(grads[0]["params"][name], p.grad.numpy(), atol=1e-4, err_msg=name)
+        np.testing.assert_allclose(
+            grads[0]["params"][name], p.grad.numpy(), atol=1e-4, err_msg=name
+        )
 
 
 def test_projected_step_loop_equals_recurrent_call():
@@ -142,7 +147,9 @@ def test_projected_step_loop_equals_recurrent_call():
 def test_projected_state_shapes_are_checked():
     model = LSTM(HIDDEN, proj_size=PROJ)
     params = model.init(jax.random.key(0), jnp.zeros((2, INPUT_SIZE)))
-    assert jax.tree.map(jnp.shape, model.initial_state(2)) == LSTMState((2, 1, PROJ), (2, 1, HIDDEN))
+    assert jax.tree.map(jnp.shape, model.initial_state(2)) == LSTMState(
+        (2, 1, PROJ), (2, 1, HIDDEN)
+    )
     wrong = LSTMState(jnp.zeros((2, 1, HIDDEN)), jnp.zeros((2, 1, HIDDEN)))
     with pytest.raises(ValueError, match=r"state.h .*\(2, 1, 2\).*proj_size=2"):
         model.apply(params, jnp.zeros((2, INPUT_SIZE)), wrong)
@@ -220,7 +227,10 @@ def test_bridge_projected_step_mode_matches_nn_lstm_where_torchrl_crashes():
     model, params = ours.to_jax()
     assert model.proj_size == PROJ
     y_jax, _ = model.apply(
-        params, td["obs"].numpy(), LSTMState(td["h"].numpy(), td["c"].numpy()), td["is_init"].numpy()
+        params,
+        td["obs"].numpy(),
+        LSTMState(td["h"].numpy(), td["c"].numpy()),
+        td["is_init"].numpy(),
     )
     np.testing.assert_allclose(np.asarray(y_jax), out["out"].numpy(), atol=1e-5)
 
@@ -231,14 +241,16 @@ def test_bridge_projected_step_mode_matches_nn_lstm_where_torchrl_crashes():
 def torch_rnn(kind, num_layers, bias=True, seed=0):
     torch.manual_seed(seed)
     cls = torch.nn.LSTM if kind == "lstm" else torch.nn.GRU
-    return cls(INPUT_SIZE, HIDDEN, num_layers=num_layers, bias=bias, batch_first=True,
-               bidirectional=True)
+    return cls(
+        INPUT_SIZE, HIDDEN, num_layers=num_layers, bias=bias, batch_first=True, bidirectional=True
+    )
 
 
 def core_model(kind, num_layers, bias=True):
     cls = LSTM if kind == "lstm" else jaxlstm.GRU
-    return cls(HIDDEN, num_layers=num_layers, use_bias=bias, bidirectional=True,
-               recurrent_mode=True)
+    return cls(
+        HIDDEN, num_layers=num_layers, use_bias=bias, bidirectional=True, recurrent_mode=True
+    )
 
 
 def as_state(kind, h, c):
@@ -295,7 +307,9 @@ def test_bidirectional_trajectories_run_on_their_own(kind, reset_kind):
             h, c = rh[row, start], rc[row, start]
         else:
             h, c = rh[row], rc[row]
-        y_t, _ = rnn(torch.tensor(x[row : row + 1, start:stop]), torch_state(kind, h[None], c[None]))
+        y_t, _ = rnn(
+            torch.tensor(x[row : row + 1, start:stop]), torch_state(kind, h[None], c[None])
+        )
         np.testing.assert_allclose(
             y[row, start:stop], y_t[0].detach().numpy(), atol=1e-5, err_msg=f"{row} {start}"
         )
@@ -326,11 +340,15 @@ def _bidir_pair(kind, num_layers=2):
     torch.manual_seed(0)
     if kind == "lstm":
         keys = KEYS
-        theirs = TorchRLLSTMModule(INPUT_SIZE, HIDDEN, num_layers=num_layers, bidirectional=True, **keys)
+        theirs = TorchRLLSTMModule(
+            INPUT_SIZE, HIDDEN, num_layers=num_layers, bidirectional=True, **keys
+        )
         ours = bridge.LSTMModule(lstm=theirs.lstm, **keys)
     else:
         keys = {"in_keys": ["obs", "h"], "out_keys": ["out", ("next", "h")]}
-        theirs = TorchRLGRUModule(INPUT_SIZE, HIDDEN, num_layers=num_layers, bidirectional=True, **keys)
+        theirs = TorchRLGRUModule(
+            INPUT_SIZE, HIDDEN, num_layers=num_layers, bidirectional=True, **keys
+        )
         ours = bridge.GRUModule(gru=theirs.gru, **keys)
     return theirs, ours
 

@@ -134,9 +134,7 @@ def test_custom_backward_equals_autodiff(remat, reset_kind):
     target = rng.normal(size=shape).astype(np.float32)
 
     def loss(backward, params, x, h0, target):
-        y, states = jaxlstm.gru_scan(
-            params, x, h0, is_init, target, remat=remat, backward=backward
-        )
+        y, states = jaxlstm.gru_scan(params, x, h0, is_init, target, remat=remat, backward=backward)
         return jnp.sum(jnp.sin(y)) + jnp.sum(jnp.cos(states))
 
     args = (params_of(gru), x, h0, target)
@@ -182,9 +180,7 @@ def test_reset_loads_reset_state():
 def test_init_follows_torch_table_and_bound():
     model = GRU(HIDDEN, num_layers=2)
     params = model.init(jax.random.key(0), jnp.zeros((INPUT_SIZE,)))["params"]
-    expected = dict(
-        jaxlstm.lstm_param_shapes(INPUT_SIZE, HIDDEN, 2, True, cell=jaxlstm.GRU_CELL)
-    )
+    expected = dict(jaxlstm.lstm_param_shapes(INPUT_SIZE, HIDDEN, 2, True, cell=jaxlstm.GRU_CELL))
     assert {k: v.shape for k, v in params.items()} == expected
     assert expected["weight_ih_l0"] == (3 * HIDDEN, INPUT_SIZE)
     assert expected["weight_ih_l1"] == (3 * HIDDEN, HIDDEN)

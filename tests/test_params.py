@@ -238,7 +238,5 @@ def test_npz_weights_load_without_torch(tmp_path, run_python):
         num_layers=num_layers,
     )
 
-    result = run_python(
-        "-c", _NO_TORCH_SCRIPT, tmp_path / "weights.npz", tmp_path / "data.npz"
-    )
+    result = run_python("-c", _NO_TORCH_SCRIPT, tmp_path / "weights.npz", tmp_path / "data.npz")
     assert result.stdout.strip() == "ok"

@@ -52,8 +52,13 @@ def check_counts(monkeypatch):
 )
 def test_each_check_runs_once_per_call(case, check_counts):
     rng = np.random.default_rng(0)
-    batch = 11 + ["module_step", "module_recurrent", "lstm_scan", "torchrl_step",
-                  "torchrl_recurrent"].index(case)
+    batch = 11 + [
+        "module_step",
+        "module_recurrent",
+        "lstm_scan",
+        "torchrl_step",
+        "torchrl_recurrent",
+    ].index(case)
     params = params_for()
     steps = 4
     states = LSTMState(*(rng.normal(size=(batch, steps, L, H)).astype(np.float32) for _ in "hc"))
@@ -61,9 +66,7 @@ def test_each_check_runs_once_per_call(case, check_counts):
     init_seq = rng.random((batch, steps, 1)) < 0.3
     if case == "module_step":
         state = jax.tree.map(lambda a: a[:, 0], states)
-        LSTM(H, num_layers=L).apply(
-            params, x_seq[:, 0], state, init_seq[:, 0], reset_state=state
-        )
+        LSTM(H, num_layers=L).apply(params, x_seq[:, 0], state, init_seq[:, 0], reset_state=state)
     elif case == "module_recurrent":
         LSTM(H, num_layers=L, recurrent_mode=True).apply(
             params, x_seq, jax.tree.map(lambda a: a[:, 0], states), init_seq, reset_state=states
@@ -117,9 +120,7 @@ def test_unjitted_apply_compiles_once():
         logger = logging.getLogger("jax")
         logger.addHandler(handler)
         try:
-            outs = [
-                lstm.apply(params, x + k, None, is_init)[0] for k in range(5)
-            ]
+            outs = [lstm.apply(params, x + k, None, is_init)[0] for k in range(5)]
         finally:
             logger.removeHandler(handler)
     compiles = [r for r in records if "Compiling" in r]
@@ -147,12 +148,36 @@ def test_core_cache_grows_once_per_shape():
 @pytest.mark.parametrize(
     "module_kwargs, params, message",
     [
-        ({"num_layers": 1}, params_for(layers=2), r"num_layers: the module has num_layers=1 but the params hold 2"),
-        ({"num_layers": 3}, params_for(layers=2), r"num_layers: the module has num_layers=3 but the params hold 2"),
-        ({"use_bias": False}, params_for(), r"use_bias: the module has use_bias=False but the params hold biases"),
-        ({}, params_for(bias=False), r"use_bias: the module has use_bias=True but the params hold no biases"),
-        ({"hidden_size": H + 1}, params_for(), r"hidden_size: the module has hidden_size=6 but the params have hidden_size=5"),
-        ({}, params_for(input_size=I + 1), r"x has 3 features but the parameters expect input_size=4"),
+        (
+            {"num_layers": 1},
+            params_for(layers=2),
+            r"num_layers: the module has num_layers=1 but the params hold 2",
+        ),
+        (
+            {"num_layers": 3},
+            params_for(layers=2),
+            r"num_layers: the module has num_layers=3 but the params hold 2",
+        ),
+        (
+            {"use_bias": False},
+            params_for(),
+            r"use_bias: the module has use_bias=False but the params hold biases",
+        ),
+        (
+            {},
+            params_for(bias=False),
+            r"use_bias: the module has use_bias=True but the params hold no biases",
+        ),
+        (
+            {"hidden_size": H + 1},
+            params_for(),
+            r"hidden_size: the module has hidden_size=6 but the params have hidden_size=5",
+        ),
+        (
+            {},
+            params_for(input_size=I + 1),
+            r"x has 3 features but the parameters expect input_size=4",
+        ),
     ],
     ids=["fewer_layers", "more_layers", "extra_bias", "missing_bias", "hidden", "input"],
 )
@@ -168,7 +193,12 @@ def test_params_of_another_config_raise_naming_the_field(module_kwargs, params, 
 def test_params_with_a_misshapen_layer_raise_naming_the_array():
     params = params_for()
     params["params"]["weight_hh_l1"] = np.zeros((4 * H, H + 2), np.float32)
-    with pytest.raises(ValueError, match=re.escape("params['weight_hh_l1']: the module (input_size=3, hidden_size=5) expects shape (20, 5). Got (20, 7)")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "params['weight_hh_l1']: the module (input_size=3, hidden_size=5) expects shape (20, 5). Got (20, 7)"
+        ),
+    ):
         LSTM(H, num_layers=L).apply(params, np.zeros((2, I), np.float32))
     params = params_for()
     del params["params"]["bias_hh_l1"]
@@ -183,7 +213,9 @@ def test_params_with_a_misshapen_layer_raise_naming_the_array():
 @pytest.mark.parametrize("hidden_size", [0, -4])
 def test_nonpositive_hidden_size(hidden_size):
     lstm = LSTM(hidden_size)
-    with pytest.raises(ValueError, match=rf"hidden_size must be a positive integer\. Got hidden_size={hidden_size}"):
+    with pytest.raises(
+        ValueError, match=rf"hidden_size must be a positive integer\. Got hidden_size={hidden_size}"
+    ):
         lstm.init(jax.random.key(0), np.zeros((2, I), np.float32))
     with pytest.raises(ValueError, match="hidden_size must be a positive integer"):
         lstm.initial_state(2)
@@ -192,24 +224,35 @@ def test_nonpositive_hidden_size(hidden_size):
 def test_complex_weights_are_a_type_error():
     params = params_for()
     params["params"]["weight_hh_l0"] = params["params"]["weight_hh_l0"].astype(np.complex64)
-    with pytest.raises(TypeError, match=r"params\['weight_hh_l0'\] must have a real floating dtype.*complex64"):
+    with pytest.raises(
+        TypeError, match=r"params\['weight_hh_l0'\] must have a real floating dtype.*complex64"
+    ):
         jaxlstm.lstm_scan(params, np.zeros((2, 3, I), np.float32))
 
 
 def test_zero_hidden_and_zero_d_weights():
-    params = {"params": {"weight_ih_l0": np.zeros((0, I), np.float32), "weight_hh_l0": np.zeros((0, 0), np.float32)}}
+    params = {
+        "params": {
+            "weight_ih_l0": np.zeros((0, I), np.float32),
+            "weight_hh_l0": np.zeros((0, 0), np.float32),
+        }
+    }
     with pytest.raises(ValueError, match=r"hidden_size=0.*hidden_size must be >= 1"):
         jaxlstm.lstm_scan(params, np.zeros((2, 3, I), np.float32))
     params = params_for()
     params["params"]["bias_ih_l0"] = np.float32(0.0)
-    with pytest.raises(ValueError, match=r"params\['bias_ih_l0'\] must be an array .* Got a 0-d value"):
+    with pytest.raises(
+        ValueError, match=r"params\['bias_ih_l0'\] must be an array .* Got a 0-d value"
+    ):
         jaxlstm.lstm_scan(params, np.zeros((2, 3, I), np.float32))
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.bool_])
 def test_integer_state_is_a_type_error(dtype):
     state = LSTMState(np.zeros((2, L, H), dtype), np.zeros((2, L, H), dtype))
-    with pytest.raises(TypeError, match=rf"state\.h must have a real floating dtype .*Got dtype={np.dtype(dtype)}"):
+    with pytest.raises(
+        TypeError, match=rf"state\.h must have a real floating dtype .*Got dtype={np.dtype(dtype)}"
+    ):
         LSTM(H, num_layers=L).apply(params_for(), np.zeros((2, I), np.float32), state)
 
 

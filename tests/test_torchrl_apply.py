@@ -81,6 +81,10 @@ def test_h_without_c_is_a_value_error():
     params = jaxlstm.params_from_torch_state_dict(torchrl_module().state_dict())
     with pytest.raises(ValueError, match=r"h and c must be given together"):
         jaxlstm.torchrl_apply(
-            params, np.zeros((2, I), np.float32), np.zeros((2, L, H), np.float32), None,
-            np.zeros((2, 1), bool), recurrent=False,
+            params,
+            np.zeros((2, I), np.float32),
+            np.zeros((2, L, H), np.float32),
+            None,
+            np.zeros((2, 1), bool),
+            recurrent=False,
         )

@@ -36,8 +36,9 @@ def _data(batch, num_layers=1, seed=1, resets=(3, 7)):
     flat = is_init.reshape(-1, T)
     for row in range(flat.shape[0]):
         flat[row, (row + 1) % T] ^= True
-    state = LSTMState(*(rng.normal(size=batch + (num_layers, H)).astype(np.float32)
-                        for _ in range(2)))
+    state = LSTMState(
+        *(rng.normal(size=batch + (num_layers, H)).astype(np.float32) for _ in range(2))
+    )
     return jnp.asarray(x), jnp.asarray(is_init), state
 
 
@@ -49,7 +50,8 @@ def test_burn_in_outputs_equal_one_unsplit_pass(batch, num_layers, burn_in):
     x, is_init, state = _data(batch, num_layers)
     y_ref, states_ref = jaxlstm.lstm_scan(params, x, state, is_init)
     y, states = jax.jit(jaxlstm.lstm_burn_in, static_argnames="burn_in")(
-        params, x, state, is_init, burn_in=burn_in)
+        params, x, state, is_init, burn_in=burn_in
+    )
     assert y.shape == batch + (T, H) and states.h.shape == batch + (T, num_layers, H)
     np.testing.assert_allclose(y, y_ref, atol=ATOL)
     np.testing.assert_allclose(states.h, states_ref.h, atol=ATOL)
@@ -64,7 +66,7 @@ def test_no_gradient_reaches_the_burn_in(burn_in):
     def loss(params, x, state):
         y, states = jaxlstm.lstm_burn_in(params, x, state, is_init, burn_in=burn_in)
         # Read every step's output, the burn-in's too: still no gradient may flow there.
-        return jnp.sum(y ** 2) + jnp.sum(states.c)
+        return jnp.sum(y**2) + jnp.sum(states.c)
 
     g_params, g_x, g_state = jax.grad(loss, argnums=(0, 1, 2))(params, x, state)
     np.testing.assert_array_equal(g_x[:, :burn_in], 0.0)
@@ -79,15 +81,21 @@ def test_no_gradient_reaches_the_burn_in(burn_in):
 
     def loss_tail(params):
         y, states = jaxlstm.lstm_scan(params, x[:, burn_in:], start, is_init[:, burn_in:])
-        return jnp.sum(y ** 2) + jnp.sum(states.c)
+        return jnp.sum(y**2) + jnp.sum(states.c)
 
     expected = jax.grad(loss_tail)(params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=ATOL), g_params, expected)
     # ... and differs from the full-BPTT gradient, so the cut is real.
-    full = jax.grad(lambda p: jnp.sum(jaxlstm.lstm_scan(p, x, state, is_init)[0][:, burn_in:] ** 2)
-                    + jnp.sum(jaxlstm.lstm_scan(p, x, state, is_init)[1].c[:, burn_in:]))(params)
-    diff = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(full),
-                                                            jax.tree.leaves(expected)))
+    full = jax.grad(
+        lambda p: (
+            jnp.sum(jaxlstm.lstm_scan(p, x, state, is_init)[0][:, burn_in:] ** 2)
+            + jnp.sum(jaxlstm.lstm_scan(p, x, state, is_init)[1].c[:, burn_in:])
+        )
+    )(params)
+    diff = max(
+        float(jnp.abs(a - b).max())
+        for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(expected))
+    )
     assert diff > 1e-4
 
 
@@ -113,20 +121,24 @@ def test_burn_in_with_torchrl_stored_states_matches_torchrl(burn_in):
     rng = np.random.default_rng(5)
     # Non-zero stored states at the trajectory starts: what a replay buffer holds
     # when sampled slices begin mid-episode.
-    before = LSTMState(*(jnp.asarray(rng.normal(size=batch + (T, 1, H)), jnp.float32)
-                         for _ in range(2)))
+    before = LSTMState(
+        *(jnp.asarray(rng.normal(size=batch + (T, 1, H)), jnp.float32) for _ in range(2))
+    )
     stored = _torchrl_stored_states(before, np.asarray(is_init))
     y, _ = jaxlstm.lstm_burn_in(params, x, stored, is_init, burn_in=burn_in)
 
     module = LSTMModule(input_size=I, hidden_size=H, in_key="obs", out_key="y")
     sd = jaxlstm.params_to_torch_state_dict(params, prefix="lstm.")
     module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()})
-    td = TensorDict({
-        "obs": torch.from_numpy(np.array(x)),
-        "is_init": torch.from_numpy(np.array(is_init))[..., None],
-        "recurrent_state_h": torch.from_numpy(np.array(stored.h)),
-        "recurrent_state_c": torch.from_numpy(np.array(stored.c)),
-    }, batch_size=batch + (T,))
+    td = TensorDict(
+        {
+            "obs": torch.from_numpy(np.array(x)),
+            "is_init": torch.from_numpy(np.array(is_init))[..., None],
+            "recurrent_state_h": torch.from_numpy(np.array(stored.h)),
+            "recurrent_state_c": torch.from_numpy(np.array(stored.c)),
+        },
+        batch_size=batch + (T,),
+    )
     with torch.no_grad(), set_recurrent_mode(True):
         out = module(td)
     np.testing.assert_allclose(np.asarray(y), out["y"].numpy(), atol=ATOL)
@@ -135,14 +147,16 @@ def test_burn_in_with_torchrl_stored_states_matches_torchrl(burn_in):
 def test_burn_in_rejects_bad_arguments():
     params = _params()
     x, is_init, state = _data((2,))
-    with pytest.raises(ValueError,
-                       match=r"burn_in must be an int with 0 <= burn_in < T=9.*Got burn_in=9"):
+    with pytest.raises(
+        ValueError, match=r"burn_in must be an int with 0 <= burn_in < T=9.*Got burn_in=9"
+    ):
         jaxlstm.lstm_burn_in(params, x, state, is_init, burn_in=T)
     with pytest.raises(ValueError, match=r"Got burn_in=-1"):
         jaxlstm.lstm_burn_in(params, x, state, is_init, burn_in=-1)
     bad = LSTMState(h=jnp.zeros((2, H)), c=jnp.zeros((2, H)))
-    with pytest.raises(ValueError,
-                       match=r"state must have shape \[\*B, L, H\] or \[\*B, T, L, H\]"):
+    with pytest.raises(
+        ValueError, match=r"state must have shape \[\*B, L, H\] or \[\*B, T, L, H\]"
+    ):
         jaxlstm.lstm_burn_in(params, x, bad, is_init, burn_in=1)
 
 
@@ -159,11 +173,14 @@ def test_chunks_replay_the_unsplit_pass(batch, chunk_length, layout):
         # The state before step t: the initial state, then the state after t - 1.
         stored = jax.tree.map(
             lambda s0, a: jnp.concatenate([s0[..., None, :, :], a[..., :-1, :, :]], axis=-3),
-            state, states_after)
+            state,
+            states_after,
+        )
         kwargs = {}
     data = {"x": x, "t": jnp.broadcast_to(jnp.arange(T), batch + (T,))}
     chunks = jax.jit(jaxlstm.split_chunks, static_argnames=("chunk_length", "layout"))(
-        data, is_init, stored, chunk_length, layout=layout, **kwargs)
+        data, is_init, stored, chunk_length, layout=layout, **kwargs
+    )
     num_chunks = -(-T // chunk_length)
     assert chunks.data["x"].shape == batch + (num_chunks, chunk_length, I)
     assert chunks.state.h.shape == batch + (num_chunks, 2, H)
@@ -171,8 +188,9 @@ def test_chunks_replay_the_unsplit_pass(batch, chunk_length, layout):
     y, _ = jaxlstm.lstm_scan(params, chunks.data["x"], chunks.state, chunks.is_init)
     mask = np.asarray(chunks.mask)
     assert mask.sum() == np.prod(batch) * T
-    np.testing.assert_array_equal(np.asarray(chunks.data["t"])[mask],
-                                  np.tile(np.arange(T), int(np.prod(batch))))
+    np.testing.assert_array_equal(
+        np.asarray(chunks.data["t"])[mask], np.tile(np.arange(T), int(np.prod(batch)))
+    )
     np.testing.assert_allclose(np.asarray(y)[mask], np.asarray(y_ref).reshape(-1, H), atol=ATOL)
     # is_init keeps the original resets (chunk starts mid-episode are not resets), padding is False.
     np.testing.assert_array_equal(np.asarray(chunks.is_init)[mask], np.asarray(is_init).ravel())
@@ -185,8 +203,9 @@ def test_chunks_cut_the_gradient_at_chunk_boundaries():
     _, states = jaxlstm.lstm_scan(params, x, state, is_init)
 
     def last_chunk_loss(x):
-        chunks = jaxlstm.split_chunks(x, is_init, jax.lax.stop_gradient(states), 3,
-                                      initial_state=state)
+        chunks = jaxlstm.split_chunks(
+            x, is_init, jax.lax.stop_gradient(states), 3, initial_state=state
+        )
         y, _ = jaxlstm.lstm_scan(params, chunks.data, chunks.state, chunks.is_init)
         return jnp.sum(y[:, -1] ** 2)
 
@@ -202,8 +221,9 @@ def test_split_chunks_rejects_bad_arguments():
         jaxlstm.split_chunks(x, is_init, states, 0)
     with pytest.raises(ValueError, match=r"layout must be 'after' or 'before'. Got 'next'"):
         jaxlstm.split_chunks(x, is_init, states, 3, layout="next")
-    with pytest.raises(ValueError,
-                       match=r"data\['obs'\] must have shape \[\*B, T, \.\.\.\].*Got \(2, 8, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"data\['obs'\] must have shape \[\*B, T, \.\.\.\].*Got \(2, 8, 3\)"
+    ):
         jaxlstm.split_chunks({"obs": x[:, :-1]}, is_init, states, 3)
     with pytest.raises(ValueError, match=r"states must have shape \[\*B, T, L, H\]"):
         jaxlstm.split_chunks(x, is_init, state, 3)
