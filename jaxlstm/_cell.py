@@ -68,6 +68,26 @@ def project(
     )
 
 
+def project_input_with_bias(
+    weight_ih: jax.Array,
+    bias: jax.Array | None,
+    x: jax.Array,
+    *,
+    precision: Any = None,
+    accum: Any = None,
+) -> jax.Array:
+    """``x W_ih^T + b`` for any cell: ``[..., I]`` -> ``[..., G]`` in ``accum``.
+
+    ``x`` is cast to the weight's (matmul) dtype; ``bias`` (``[G]`` or None)
+    is added in the accumulation dtype.
+    """
+    gx = project(x.astype(weight_ih.dtype), weight_ih, precision=precision, accum_dtype=accum)
+    if bias is not None:
+        # Explicit leading axes so the add works under rank promotion 'raise'.
+        gx = gx + lax.broadcast_to_rank(bias.astype(gx.dtype), gx.ndim)
+    return gx
+
+
 def _back_project(
     d: jax.Array, weight: jax.Array, *, precision: Any, accum_dtype: Any
 ) -> jax.Array:
@@ -194,13 +214,7 @@ class _LSTMCell:
         self, w: LayerWeights, x: jax.Array, *, precision: Any = None, accum: Any = None
     ) -> jax.Array:
         """``x W_ih^T + b``: ``[..., I]`` -> ``[..., 4H]`` in ``accum``."""
-        gx = project(
-            x.astype(w.weight_ih.dtype), w.weight_ih, precision=precision, accum_dtype=accum
-        )
-        if w.bias is not None:
-            # Explicit leading axes so the add works under rank promotion 'raise'.
-            gx = gx + lax.broadcast_to_rank(w.bias.astype(gx.dtype), gx.ndim)
-        return gx
+        return project_input_with_bias(w.weight_ih, w.bias, x, precision=precision, accum=accum)
 
     def step(
         self, w: LayerWeights, gx: jax.Array, carry: tuple[jax.Array, ...], *, precision: Any = None
@@ -220,7 +234,9 @@ class _LSTMCell:
         h_new = o * jnp.tanh(c_new)
         if w.weight_hr is not None:
             h_new = project(
-                h_new.astype(w.weight_hr.dtype), w.weight_hr, precision=precision,
+                h_new.astype(w.weight_hr.dtype),
+                w.weight_hr,
+                precision=precision,
                 accum_dtype=c.dtype,
             )
         return (h_new, c_new), jnp.concatenate([i, f, g, o], axis=-1)
@@ -408,12 +424,7 @@ class _GRUCell:
         self, w: GRUWeights, x: jax.Array, *, precision: Any = None, accum: Any = None
     ) -> jax.Array:
         """``x W_ih^T + b``: ``[..., I]`` -> ``[..., 3H]`` in ``accum``."""
-        gx = project(
-            x.astype(w.weight_ih.dtype), w.weight_ih, precision=precision, accum_dtype=accum
-        )
-        if w.bias is not None:
-            gx = gx + lax.broadcast_to_rank(w.bias.astype(gx.dtype), gx.ndim)
-        return gx
+        return project_input_with_bias(w.weight_ih, w.bias, x, precision=precision, accum=accum)
 
     def step(
         self, w: GRUWeights, gx: jax.Array, carry: tuple[jax.Array, ...], *, precision: Any = None

@@ -208,14 +208,40 @@ def lstm_scan(
       is the true final state even when a row holds several trajectories.
     """
     return _scan(
-        _params.lstm_cell_for(params), params, x, state, is_init, reset_state, dropout_rate=dropout_rate,
-        dropout_rng=dropout_rng, dtype=dtype, precision=precision, unroll=unroll, remat=remat,
-        input_projection=input_projection, backward=backward,
+        _params.lstm_cell_for(params),
+        params,
+        x,
+        state,
+        is_init,
+        reset_state,
+        dropout_rate=dropout_rate,
+        dropout_rng=dropout_rng,
+        dtype=dtype,
+        precision=precision,
+        unroll=unroll,
+        remat=remat,
+        input_projection=input_projection,
+        backward=backward,
     )
 
 
-def _scan(cell, params, x, state, is_init, reset_state, *, dropout_rate, dropout_rng, dtype,
-          precision, unroll, remat, input_projection, backward):
+def _scan(
+    cell,
+    params,
+    x,
+    state,
+    is_init,
+    reset_state,
+    *,
+    dropout_rate,
+    dropout_rng,
+    dtype,
+    precision,
+    unroll,
+    remat,
+    input_projection,
+    backward,
+):
     kind: ResetKind = "constant"
     if reset_state is not None and np.ndim(x) >= 2:
         kind = reset_kind_of(reset_state, tuple(np.shape(x)[:-2]), np.shape(x)[-2])
@@ -248,7 +274,7 @@ def gru_scan(
     unroll: int | bool = 1,
     remat: bool = False,
     input_projection: InputProjection = "auto",
-    backward: Backward = "custom",
+    backward: Backward | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Runs a stacked GRU (``torch.nn.GRU``'s math) over a sequence, with resets.
 
@@ -271,7 +297,18 @@ def gru_scan(
       ``[*B, T, L, H]``.
     """
     return _scan(
-        GRU_CELL, params, x, state, is_init, reset_state, dropout_rate=dropout_rate,
-        dropout_rng=dropout_rng, dtype=dtype, precision=precision, unroll=unroll, remat=remat,
-        input_projection=input_projection, backward=backward,
+        GRU_CELL,
+        params,
+        x,
+        state,
+        is_init,
+        reset_state,
+        dropout_rate=dropout_rate,
+        dropout_rng=dropout_rng,
+        dtype=dtype,
+        precision=precision,
+        unroll=unroll,
+        remat=remat,
+        input_projection=input_projection,
+        backward=backward,
     )
