@@ -6,7 +6,8 @@ Run it with no arguments::
 
 What it does, top to bottom:
 
-1. Trains an actor-critic whose torso is ``jaxlstm.LSTM`` with PPO, in pure JAX
+1. Trains an actor-critic whose torso is ``jaxlstm.LSTM`` (or ``jaxlstm.GRU``
+   with ``--cell gru``) with PPO, in pure JAX
    (purejaxrl style: environment, rollout and update in one ``jax.jit``-compiled
    ``lax.scan``), on gymnax's bsuite ``MemoryChain``. Then it trains a
    memoryless baseline (the same PPO with an MLP torso) the same way, with the
@@ -15,7 +16,8 @@ What it does, top to bottom:
    return; prints a summary table and saves the learning curves to
    ``outputs/learning_curve.png`` and a machine-readable ``outputs/summary.json``.
 3. Exports the trained LSTM weights into ``bridge.LSTMModule`` and into
-   torchrl's own ``torchrl.modules.LSTMModule`` (through ``load_state_dict``),
+   torchrl's own ``torchrl.modules.LSTMModule`` (through ``load_state_dict``;
+   with ``--cell gru``: ``bridge.GRUModule`` and ``torchrl.modules.GRUModule``),
    and the heads into ``torch.nn`` modules; runs JAX, bridge and torchrl on the
    same observation sequences, with resets, in recurrent mode and step by step,
    and asserts that they agree within 1e-5.
@@ -77,6 +79,9 @@ from jax.sharding import PartitionSpec as P
 import jaxlstm
 from jaxlstm import LSTMState
 
+# The recurrent torso's state: an LSTMState(h, c) for the LSTM, one array for the GRU.
+RecurrentState = Any
+
 ENV_NAME = "MemoryChain-bsuite"
 DATA_AXIS = "data"  # the mesh axis the environment batch is sharded over
 PARITY_ATOL = 1e-5
@@ -86,6 +91,7 @@ PARITY_ATOL = 1e-5
 class Config:
     """Every setting of a run. The defaults are the README's main job."""
 
+    cell: str = "lstm"  # the recurrent torso: "lstm" (jaxlstm.LSTM) or "gru" (jaxlstm.GRU)
     memory_length: int = 30  # the sign must be held about this many steps
     num_envs: int = 64
     # Rollouts are a whole number of episodes long. MemoryChain's episodes all
@@ -104,8 +110,8 @@ class Config:
     ent_coef: float = 0.01
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
-    hidden_size: int = 64  # LSTM H, and the width of the memoryless torso
-    forget_bias: float = 1.0  # added to the LSTM's initial forget-gate bias
+    hidden_size: int = 64  # the recurrent H, and the width of the memoryless torso
+    forget_bias: float = 1.0  # added to the initial bias of the LSTM's forget gate (GRU: z gate)
     head_size: int = 64  # hidden width of the actor and critic heads
     num_chunks: int = 25  # compiled chunks of updates, one progress-bar tick each
     success_threshold: float = 0.9  # mean greedy return that counts as solved
@@ -136,6 +142,17 @@ class Config:
         return self.updates_per_chunk * self.num_chunks
 
 
+CELLS = {"lstm": jaxlstm.LSTM, "gru": jaxlstm.GRU}
+AGENT_NAMES = {"lstm": "LSTM", "gru": "GRU"}
+
+
+def recurrent_core(config: Config, recurrent_mode: bool = False) -> jaxlstm.LSTM | jaxlstm.GRU:
+    """The recurrent torso of ``config.cell``, unbound (its params live under ``config.cell``)."""
+    if config.cell not in CELLS:
+        raise ValueError(f"cell must be one of {sorted(CELLS)}. Got {config.cell!r}.")
+    return CELLS[config.cell](config.hidden_size, recurrent_mode=recurrent_mode)
+
+
 def make_env(config: Config) -> tuple[Any, Any]:
     """gymnax's bsuite MemoryChain with one context bit and our memory length."""
     env, env_params = gymnax.make(ENV_NAME)
@@ -161,27 +178,29 @@ class Head(nn.Module):
 
 
 class ActorCritic(nn.Module):
-    """Actor-critic over sequences, with an LSTM or a memoryless (MLP) torso.
+    """Actor-critic over sequences, with an LSTM, a GRU or a memoryless (MLP) torso.
 
     ``__call__(obs [N, T, O], is_init bool [N, T], state [N, 1, H])`` returns
     ``(logits [N, T, A], value [N, T], states [N, T, 1, H])``, where ``states``
-    is the LSTM state after every step. The memoryless torso ignores ``state``
-    and ``is_init`` and hands the state through unchanged, so both agents share
-    one runner-state layout.
+    is the recurrent state after every step (an ``LSTMState`` for the LSTM, one
+    array for the GRU). The memoryless torso ignores ``state`` and ``is_init``
+    and hands the state through unchanged, so every agent of a cell shares one
+    runner-state layout.
     """
 
     num_actions: int
     hidden_size: int
     head_size: int
     recurrent: bool
+    cell: str = "lstm"
 
     @nn.compact
     def __call__(
-        self, obs: jax.Array, is_init: jax.Array, state: LSTMState
-    ) -> tuple[jax.Array, jax.Array, LSTMState]:
+        self, obs: jax.Array, is_init: jax.Array, state: RecurrentState
+    ) -> tuple[jax.Array, jax.Array, RecurrentState]:
         if self.recurrent:
-            lstm = jaxlstm.LSTM(self.hidden_size, recurrent_mode=True, name="lstm")
-            embed, states = lstm(obs, state, is_init)
+            core = CELLS[self.cell](self.hidden_size, recurrent_mode=True, name=self.cell)
+            embed, states = core(obs, state, is_init)
         else:
             x = jnp.tanh(nn.Dense(self.hidden_size, name="mlp_0")(obs))
             embed = jnp.tanh(nn.Dense(self.hidden_size, name="mlp_1")(x))
@@ -194,26 +213,31 @@ class ActorCritic(nn.Module):
 
 
 def make_network(config: Config, num_actions: int, recurrent: bool) -> ActorCritic:
-    return ActorCritic(num_actions, config.hidden_size, config.head_size, recurrent)
+    if config.cell not in CELLS:
+        raise ValueError(f"cell must be one of {sorted(CELLS)}. Got {config.cell!r}.")
+    return ActorCritic(num_actions, config.hidden_size, config.head_size, recurrent, config.cell)
 
 
-def add_forget_bias(params: Any, value: float) -> Any:
-    """Adds ``value`` to the forget-gate part of ``bias_hh_l0`` (torch's gate order i, f, g, o).
+def add_forget_bias(params: Any, value: float, cell: str = "lstm") -> Any:
+    """Adds ``value`` to the keep-gate part of ``bias_hh_l0``: the second gate block in both cells.
 
-    With torch's initialisation the forget gate starts near sigmoid(0) = 0.5, so
-    a signal fades as 0.5**t and its gradient with it; a positive forget bias
-    (Jozefowicz et al., 2015) lets the gradient from the decision step reach the
-    step where the sign was shown.
+    That is the LSTM's forget gate (torch's gate order i, f, g, o) and the
+    GRU's update gate z (order r, z, n; ``h' = (1 - z) * n + z * h``, so a
+    large z keeps h). With torch's initialisation either gate starts near
+    sigmoid(0) = 0.5, so a signal fades as 0.5**t and its gradient with it; a
+    positive bias (Jozefowicz et al., 2015) lets the gradient from the decision
+    step reach the step where the sign was shown.
     """
-    lstm = dict(params["params"]["lstm"])
-    bias = lstm["bias_hh_l0"]
-    hidden = bias.shape[0] // 4
-    lstm["bias_hh_l0"] = bias.at[hidden:2 * hidden].add(value)
-    return {**params, "params": {**params["params"], "lstm": lstm}}
+    core = dict(params["params"][cell])
+    bias = core["bias_hh_l0"]
+    hidden = bias.shape[0] // (4 if cell == "lstm" else 3)
+    core["bias_hh_l0"] = bias.at[hidden:2 * hidden].add(value)
+    return {**params, "params": {**params["params"], cell: core}}
 
 
-def zero_state(config: Config, batch: int) -> LSTMState:
-    return jaxlstm.LSTM(config.hidden_size).initial_state(batch)
+def zero_state(config: Config, batch: int) -> RecurrentState:
+    """Zeros ``[batch, 1, H]``: an ``LSTMState`` for the LSTM, one array for the GRU."""
+    return recurrent_core(config).initial_state(batch)
 
 
 def categorical_log_prob(logits: jax.Array, action: jax.Array) -> jax.Array:
@@ -239,7 +263,7 @@ class RunnerState(NamedTuple):
     env_state: Any  # gymnax state, leaves [N, ...]
     obs: jax.Array  # shape=[N, O], float32: the observation the agent acts on next
     is_init: jax.Array  # shape=[N], bool: obs is the first of an episode
-    lstm_state: LSTMState  # [N, 1, H]: the state before obs
+    recurrent_state: RecurrentState  # [N, 1, H]: the torso's state before obs
     episode_return: jax.Array  # shape=[N], float32: return so far in the running episode
     rng: jax.Array  # PRNG key
 
@@ -360,7 +384,7 @@ def make_train(config: Config, recurrent: bool, mesh: Mesh | None = None) -> Tra
         state = zero_state(config, n)
         params = network.init(k_net, obs[:, None], jnp.ones((n, 1), bool), state)
         if recurrent and config.forget_bias:
-            params = add_forget_bias(params, config.forget_bias)
+            params = add_forget_bias(params, config.forget_bias, config.cell)
         train_state = TrainState.create(apply_fn=network.apply, params=params, tx=tx)
         return RunnerState(train_state, env_state, obs, jnp.ones((n,), bool), state,
                            jnp.zeros((n,), jnp.float32), rng)
@@ -370,7 +394,7 @@ def make_train(config: Config, recurrent: bool, mesh: Mesh | None = None) -> Tra
         # The rollout is step mode: a sequence of length one.
         logits, value, states = network.apply(
             runner.train_state.params, runner.obs[:, None], runner.is_init[:, None],
-            runner.lstm_state)
+            runner.recurrent_state)
         logits, value = logits[:, 0], value[:, 0]
         action = jax.random.categorical(k_act, logits)
         obs, env_state, reward, terminated, truncated, _ = env_step(
@@ -382,7 +406,7 @@ def make_train(config: Config, recurrent: bool, mesh: Mesh | None = None) -> Tra
                                 episode_return)
         runner = runner._replace(
             env_state=env_state, obs=obs, is_init=done,
-            lstm_state=jax.tree.map(lambda a: a[:, 0], states),
+            recurrent_state=jax.tree.map(lambda a: a[:, 0], states),
             episode_return=jnp.where(done, 0.0, episode_return), rng=rng)
         return runner, transition
 
@@ -409,11 +433,11 @@ def make_train(config: Config, recurrent: bool, mesh: Mesh | None = None) -> Tra
         traj = shard_envs(traj, env_axis=1)  # time-major [T, N]
         _, last_value, _ = network.apply(
             runner.train_state.params, runner.obs[:, None], runner.is_init[:, None],
-            runner.lstm_state)
+            runner.recurrent_state)
         return runner, traj, last_value[:, 0]
 
     def update(runner: RunnerState, _: None) -> tuple[RunnerState, Metrics]:
-        init_state = runner.lstm_state
+        init_state = runner.recurrent_state
         runner, traj, last_value = collect(runner)
         advantages, targets = gae(traj.value, traj.reward, traj.done, last_value,
                                   config.gamma, config.gae_lambda)
@@ -580,7 +604,7 @@ def runner_shardings(mesh: Mesh, runner: RunnerState) -> RunnerState:
 
     return RunnerState(
         train_state=like(runner.train_state, replicated), env_state=like(runner.env_state, envs),
-        obs=envs, is_init=envs, lstm_state=like(runner.lstm_state, envs),
+        obs=envs, is_init=envs, recurrent_state=like(runner.recurrent_state, envs),
         episode_return=envs, rng=replicated)
 
 
@@ -610,7 +634,7 @@ class Checkpoints:
     """One agent's Orbax checkpoints: the full training state at an update.
 
     A checkpoint holds every leaf of the seed-stacked runner state (parameters,
-    optimizer state, environment state, observations, LSTM states, RNG keys as
+    optimizer state, environment state, observations, recurrent states, RNG keys as
     raw key data, the optimizer's step counter), the learning curves so far and
     the update count, plus a JSON item with the run's settings and a sha256 of
     the state. Orbax writes each checkpoint to a temporary directory and
@@ -926,10 +950,10 @@ def steps_to_threshold(curve_steps: np.ndarray, curve: np.ndarray, threshold: fl
 
 
 def summary_dict(config: Config, result: Result, devices: int) -> dict[str, Any]:
-    """``summary.json``: the LSTM agent's run, one entry per seed."""
+    """``summary.json``: the recurrent agent's run, one entry per seed."""
     env_steps = result.updates * config.steps_per_update * len(result.seeds)
     return {
-        "devices": devices, "updates": result.updates, "env_steps": env_steps,
+        "cell": config.cell, "devices": devices, "updates": result.updates, "env_steps": env_steps,
         "wall_s": result.wall_time, "env_steps_per_s": result.train_steps_per_s,
         "seeds": [{"seed": seed, "greedy_return": float(result.final_returns[k]),
                    "steps_to_threshold": steps_to_threshold(
@@ -968,11 +992,12 @@ def print_summary(config: Config, results: Sequence[Result], quick: bool = False
           f"touched the threshold, 'held >= thr' where its {HOLD_WINDOW}-update mean reached it "
           "for good ('no': it fell back below), 'last 10%' its mean over the last tenth.)")
     solved = {r.name: bool(np.all(r.final_returns >= thr)) for r in results}
-    if solved.get("LSTM") and not solved.get("memoryless", False):
-        verdict = ("Verdict: the LSTM agent solved the task and the memoryless one did not: "
+    agent = results[0].name
+    if solved[agent] and not solved.get("memoryless", False):
+        verdict = (f"Verdict: the {agent} agent solved the task and the memoryless one did not: "
                    "the memory is doing the work.")
         if "memoryless" not in solved:
-            verdict = "Verdict: the LSTM agent solved the task (memoryless baseline skipped)."
+            verdict = f"Verdict: the {agent} agent solved the task (memoryless baseline skipped)."
     else:
         verdict = f"Verdict: not solved on every seed at these settings (solved: {solved})."
     if quick:
@@ -1015,7 +1040,7 @@ def save_learning_curve(config: Config, results: Sequence[Result], path: str) ->
 
 
 # ---------------------------------------------------------------------------
-# Export and parity: JAX vs bridge.LSTMModule vs torchrl.modules.LSTMModule
+# Export and parity: JAX vs bridge vs torchrl (LSTMModule, or GRUModule for --cell gru)
 # ---------------------------------------------------------------------------
 
 
@@ -1024,7 +1049,26 @@ class ParitySequences(NamedTuple):
 
     obs: np.ndarray  # [B, T, O], float32
     is_init: np.ndarray  # [B, T], bool: several episodes per row
-    init_state: LSTMState  # [B, 1, H]: the state before step 0 (not zeros)
+    init_state: RecurrentState  # [B, 1, H]: the state before step 0 (not zeros)
+
+
+def state_arrays(state: RecurrentState) -> dict[str, Any]:
+    """The state's arrays by name: ``{"h", "c"}`` for an ``LSTMState``, ``{"h"}`` for a GRU's."""
+    if isinstance(state, LSTMState):
+        return {"h": state.h, "c": state.c}
+    return {"h": state}
+
+
+def state_from_arrays(arrays: dict[str, Any]) -> RecurrentState:
+    """The inverse of ``state_arrays``."""
+    return LSTMState(h=arrays["h"], c=arrays["c"]) if "c" in arrays else arrays["h"]
+
+
+def torch_state_keys(state: RecurrentState) -> dict[str, str]:
+    """torchrl's tensordict key of each state array (``LSTMModule``'s or ``GRUModule``'s)."""
+    if isinstance(state, LSTMState):
+        return {"h": "recurrent_state_h", "c": "recurrent_state_c"}
+    return {"h": "recurrent_state"}
 
 
 def parity_sequences(config: Config, params: Any, rollouts: Rollouts, rows: int = 4,
@@ -1041,13 +1085,13 @@ def parity_sequences(config: Config, params: Any, rollouts: Rollouts, rows: int 
         raise ValueError(
             f"the rollouts are too short for the parity windows: need "
             f"{max(offsets) + length} steps, got {rollouts.obs.shape[1]}.")
-    lstm = jaxlstm.LSTM(config.hidden_size, recurrent_mode=True)
-    _, states = lstm.apply({"params": params["params"]["lstm"]}, rollouts.obs[:rows], None,
+    core = recurrent_core(config, recurrent_mode=True)
+    _, states = core.apply({"params": params["params"][config.cell]}, rollouts.obs[:rows], None,
                            rollouts.is_init[:rows])
     obs = np.stack([rollouts.obs[b, o:o + length] for b, o in enumerate(offsets)])
     is_init = np.stack([rollouts.is_init[b, o:o + length] for b, o in enumerate(offsets)])
-    init_state = LSTMState(*(np.stack([np.asarray(s[b, o - 1]) for b, o in enumerate(offsets)])
-                             for s in (states.h, states.c)))
+    init_state = jax.tree.map(
+        lambda s: np.stack([np.asarray(s[b, o - 1]) for b, o in enumerate(offsets)]), states)
     return ParitySequences(np.asarray(obs, np.float32), np.asarray(is_init), init_state)
 
 
@@ -1063,43 +1107,47 @@ def trajectory_ends(is_init: np.ndarray) -> np.ndarray:
 
 
 def run_jax(config: Config, params: Any, seq: ParitySequences) -> dict[str, dict[str, np.ndarray]]:
-    """The trained JAX policy on ``seq``, in recurrent mode and step by step."""
+    """The trained JAX policy on ``seq``, in recurrent mode and step by step.
+
+    Returns ``{mode: {"logits", "value", "h"[, "c"]}}`` (``"c"`` for the LSTM only).
+    """
     p = params["params"]
-    step_lstm = jaxlstm.LSTM(config.hidden_size)
+    step_core = recurrent_core(config)
     num_actions = p["actor"]["out"]["bias"].shape[0]
     actor, critic = Head(config.head_size, num_actions), Head(config.head_size, 1)
 
-    def policy(lstm: jaxlstm.LSTM, obs: jax.Array, state: LSTMState, is_init: jax.Array):
-        embed, state = lstm.apply({"params": p["lstm"]}, obs, state, is_init)
+    def policy(core: Any, obs: jax.Array, state: RecurrentState, is_init: jax.Array):
+        embed, state = core.apply({"params": p[config.cell]}, obs, state, is_init)
         logits = actor.apply({"params": p["actor"]}, embed)
         value = critic.apply({"params": p["critic"]}, embed)[..., 0]
-        return {"logits": logits, "value": value, "h": state.h, "c": state.c}
+        return {"logits": logits, "value": value, **state_arrays(state)}
 
-    out = {"recurrent": policy(step_lstm.set_recurrent_mode(True), seq.obs, seq.init_state,
+    out = {"recurrent": policy(step_core.set_recurrent_mode(True), seq.obs, seq.init_state,
                                seq.is_init)}
-    policy_step = jax.jit(functools.partial(policy, step_lstm))
+    policy_step = jax.jit(functools.partial(policy, step_core))
     state, steps = seq.init_state, []
     for t in range(seq.obs.shape[1]):
         steps.append(policy_step(seq.obs[:, t], state, seq.is_init[:, t]))
-        state = LSTMState(h=steps[-1]["h"], c=steps[-1]["c"])
+        state = state_from_arrays(steps[-1])
     out["step"] = jax.tree.map(lambda *a: jnp.stack(a, axis=1), *steps)
     return jax.tree.map(np.asarray, out)
 
 
-def torch_policy(lstm_module_cls: type, config: Config, params: Any, obs_dim: int):
-    """A torch policy: an ``LSTMModule`` and the two heads, in a TensorDictSequential.
+def torch_policy(module_cls: type, config: Config, params: Any, obs_dim: int):
+    """A torch policy: an ``LSTMModule`` (``GRUModule``) and the two heads, in a TensorDictSequential.
 
-    The LSTM weights go in through ``load_state_dict`` of the torch-named arrays
-    from ``jaxlstm.params_to_torch_state_dict``, as a torchrl user would load them.
+    The recurrent weights go in through ``load_state_dict`` of the torch-named
+    arrays from ``jaxlstm.params_to_torch_state_dict`` (under the module's
+    ``lstm.``/``gru.`` prefix), as a torchrl user would load them.
     """
     import torch
     from tensordict.nn import TensorDictModule, TensorDictSequential
 
     p = params["params"]
-    lstm = lstm_module_cls(input_size=obs_dim, hidden_size=config.hidden_size,
-                           in_key="observation", out_key="embed")
-    state_dict = jaxlstm.params_to_torch_state_dict(p["lstm"], prefix="lstm.")
-    lstm.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()})
+    core = module_cls(input_size=obs_dim, hidden_size=config.hidden_size,
+                      in_key="observation", out_key="embed")
+    state_dict = jaxlstm.params_to_torch_state_dict(p[config.cell], prefix=f"{config.cell}.")
+    core.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()})
 
     def head(tree: Any) -> torch.nn.Sequential:
         # flax Dense kernels are [in, out]; torch Linear weights are [out, in].
@@ -1114,54 +1162,68 @@ def torch_policy(lstm_module_cls: type, config: Config, params: Any, obs_dim: in
         return torch.nn.Sequential(*layers[:-1])
 
     return TensorDictSequential(
-        lstm,
+        core,
         TensorDictModule(head(p["actor"]), in_keys=["embed"], out_keys=["logits"]),
         TensorDictModule(head(p["critic"]), in_keys=["embed"], out_keys=["state_value"]),
     )
 
 
 def run_torch(policy: Any, seq: ParitySequences) -> dict[str, dict[str, np.ndarray]]:
-    """``policy`` on ``seq`` with TensorDicts, in recurrent mode and step by step."""
+    """``policy`` on ``seq`` with TensorDicts, in recurrent mode and step by step.
+
+    The state keys are torchrl's for the cell of ``seq.init_state``.
+    """
     import torch
     from tensordict import TensorDict
     from torchrl.modules import set_recurrent_mode
 
+    keys = torch_state_keys(seq.init_state)
     obs = torch.from_numpy(seq.obs)
     is_init = torch.from_numpy(seq.is_init)[..., None]
-    h0 = torch.from_numpy(np.asarray(seq.init_state.h))
-    c0 = torch.from_numpy(np.asarray(seq.init_state.c))
+    init = {name: torch.from_numpy(np.asarray(a)) for name, a in
+            state_arrays(seq.init_state).items()}
     batch, steps = seq.is_init.shape
+
+    def outputs(td: TensorDict) -> dict[str, np.ndarray]:
+        return {"logits": td["logits"].numpy(), "value": td["state_value"][..., 0].numpy(),
+                **{name: td["next", key].numpy() for name, key in keys.items()}}
+
     out = {}
     with torch.no_grad():
         # Recurrent mode reads the state at step 0 only; later slots are ignored.
-        h_in = torch.zeros((batch, steps) + tuple(h0.shape[1:]))
-        c_in = torch.zeros_like(h_in)
-        h_in[:, 0], c_in[:, 0] = h0, c0
-        td = TensorDict({"observation": obs, "is_init": is_init, "recurrent_state_h": h_in,
-                         "recurrent_state_c": c_in}, batch_size=[batch, steps])
+        state_in = {}
+        for name, a in init.items():
+            state_in[keys[name]] = torch.zeros((batch, steps) + tuple(a.shape[1:]))
+            state_in[keys[name]][:, 0] = a
+        td = TensorDict({"observation": obs, "is_init": is_init, **state_in},
+                        batch_size=[batch, steps])
         with set_recurrent_mode(True):
             td = policy(td)
-        out["recurrent"] = {
-            "logits": td["logits"].numpy(), "value": td["state_value"][..., 0].numpy(),
-            "h": td["next", "recurrent_state_h"].numpy(),
-            "c": td["next", "recurrent_state_c"].numpy()}
+        out["recurrent"] = outputs(td)
 
         # Step by step, as a deployed policy runs: each step's ("next", state)
         # is fed back as the next step's state.
-        h, c = h0, c0
+        state = {keys[name]: a for name, a in init.items()}
         tds = []
         for t in range(steps):
-            td = TensorDict({"observation": obs[:, t], "is_init": is_init[:, t],
-                             "recurrent_state_h": h, "recurrent_state_c": c}, batch_size=[batch])
+            td = TensorDict({"observation": obs[:, t], "is_init": is_init[:, t], **state},
+                            batch_size=[batch])
             td = policy(td)
-            h, c = td["next", "recurrent_state_h"], td["next", "recurrent_state_c"]
+            state = {key: td["next", key] for key in keys.values()}
             tds.append(td)
-        td = torch.stack(tds, dim=1)
-        out["step"] = {
-            "logits": td["logits"].numpy(), "value": td["state_value"][..., 0].numpy(),
-            "h": td["next", "recurrent_state_h"].numpy(),
-            "c": td["next", "recurrent_state_c"].numpy()}
+        out["step"] = outputs(torch.stack(tds, dim=1))
     return out
+
+
+def parity_modules(cell: str) -> dict[str, type]:
+    """The torch modules the parity check exports to: ours and torchrl's, for ``cell``."""
+    import torchrl.modules
+
+    import bridge
+
+    module = {"lstm": "LSTMModule", "gru": "GRUModule"}[cell]
+    return {f"bridge.{module}": getattr(bridge, module),
+            f"torchrl.modules.{module}": getattr(torchrl.modules, module)}
 
 
 def check_parity(config: Config, params: Any, rollouts: Rollouts) -> float:
@@ -1171,9 +1233,6 @@ def check_parity(config: Config, params: Any, rollouts: Rollouts) -> float:
       The greatest absolute difference found.
     """
     import torch
-    from torchrl.modules import LSTMModule as TorchRLLSTMModule
-
-    from bridge import LSTMModule as BridgeLSTMModule
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -1182,36 +1241,40 @@ def check_parity(config: Config, params: Any, rollouts: Rollouts) -> float:
         seq = parity_sequences(config, params, rollouts)
         ref = run_jax(config, params, seq)
     ends = trajectory_ends(seq.is_init)
+    modules = parity_modules(config.cell)
     runs = {("jax", "step"): ref["step"]}
-    for name, cls in (("bridge", BridgeLSTMModule), ("torchrl", TorchRLLSTMModule)):
+    for qualname, cls in modules.items():
         out = run_torch(torch_policy(cls, config, params, obs_dim), seq)
+        name = qualname.split(".")[0]
         runs[(name, "recurrent")] = out["recurrent"]
         runs[(name, "step")] = out["step"]
 
+    state_names = list(state_arrays(seq.init_state))
     batch, steps = seq.is_init.shape
     print()
     print(f"Parity on {batch} evaluation rows x {steps} steps "
           f"({int(seq.is_init.sum())} resets inside the rows, non-zero initial states); "
           "greatest |difference| from JAX recurrent mode:")
-    header = f"{'implementation':<22}{'logits':>11}{'value':>11}{'h':>11}{'c':>11}"
+    header = f"{'implementation':<22}" + "".join(
+        f"{key:>11}" for key in ("logits", "value", *state_names))
     print(header)
     print("-" * len(header))
     worst = 0.0
     for (name, mode), got in runs.items():
         diffs = []
-        for key in ("logits", "value", "h", "c"):
+        for key in ("logits", "value", *state_names):
             a, b = np.asarray(got[key]), np.asarray(ref["recurrent"][key])
-            if key in ("h", "c") and mode == "recurrent":
+            if key in state_names and mode == "recurrent":
                 a, b = a[ends], b[ends]  # torchrl fills only the trajectory ends
             diffs.append(float(np.max(np.abs(a - b))))
         worst = max(worst, *diffs)
         print(f"{name + ' ' + mode:<22}" + "".join(f"{d:>11.2e}" for d in diffs))
-    print("(recurrent mode: h and c at each trajectory's last step, the only steps where "
-          "torchrl's recurrent mode fills them)")
+    print(f"(recurrent mode: {' and '.join(state_names)} at each trajectory's last step, the "
+          "only steps where torchrl's recurrent mode fills them)")
     if not worst <= PARITY_ATOL:
         raise AssertionError(
             f"PARITY FAILED: greatest difference {worst:.3e} > {PARITY_ATOL:.0e}.")
-    print(f"PARITY OK: JAX, bridge.LSTMModule and torchrl.modules.LSTMModule agree within "
+    print(f"PARITY OK: JAX, {' and '.join(modules)} agree within "
           f"{PARITY_ATOL:.0e} (greatest difference {worst:.2e}) in actions (logits), values "
           "and hidden states, in recurrent mode and step by step.")
     return worst
@@ -1235,6 +1298,9 @@ def parse_config(argv: Sequence[str] | None) -> tuple[Config, argparse.Namespace
                         help=f"environments per agent (default {Config.num_envs}); a multiple "
                              "of 4 x --devices")
     parser.add_argument("--seed", type=int, default=0, help="the first seed (default 0)")
+    parser.add_argument("--cell", choices=sorted(CELLS), default=Config.cell,
+                        help="the recurrent torso: jaxlstm.LSTM or jaxlstm.GRU, exported to "
+                             "bridge/torchrl LSTMModule or GRUModule (default lstm)")
     parser.add_argument("--quick", action="store_true",
                         help="small settings for CI: memory_length=5 and 8,000 env steps; every "
                              "stage runs in seconds. This easier task is often solved, but it "
@@ -1265,7 +1331,7 @@ def parse_config(argv: Sequence[str] | None) -> tuple[Config, argparse.Namespace
     out.add_argument("--output", default=None,
                      help="the learning-curve PNG's path (default OUTPUT_DIR/learning_curve.png)")
     out.add_argument("--skip-baseline", action="store_true",
-                     help="train only the LSTM agent (no memoryless baseline)")
+                     help="train only the recurrent agent (no memoryless baseline)")
     out.add_argument("--skip-parity", action="store_true",
                      help="train and plot only (no torch export)")
     args = parser.parse_args(argv)
@@ -1277,7 +1343,7 @@ def parse_config(argv: Sequence[str] | None) -> tuple[Config, argparse.Namespace
         parser.error("--resume needs --checkpoint-dir (where to find the checkpoints).")
     if args.checkpoint_every and not args.checkpoint_dir:
         parser.error("--checkpoint-every needs --checkpoint-dir.")
-    config = Config(seed=args.seed)
+    config = Config(seed=args.seed, cell=args.cell)
     if args.quick:
         config = dataclasses.replace(config, memory_length=5, num_envs=16, total_steps=8_000,
                                      num_chunks=4, eval_envs=16)
@@ -1300,7 +1366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"steps per agent ({config.num_updates} updates), "
           f"seed{'s' if args.seeds > 1 else ''} "
           f"{config.seed}{f'-{config.seed + args.seeds - 1}' if args.seeds > 1 else ''}")
-    agents = [("LSTM", True)] + ([] if args.skip_baseline else [("memoryless", False)])
+    agents = ([(AGENT_NAMES[config.cell], True)]
+              + ([] if args.skip_baseline else [("memoryless", False)]))
     results = []
     try:
         for name, recurrent in agents:
@@ -1316,8 +1383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ERROR: {err}", file=sys.stderr, flush=True)
         return 3
     print_summary(config, results, quick=args.quick)
-    lstm = results[0]
-    summary = summary_dict(config, lstm, mesh.size)
+    agent = results[0]
+    summary = summary_dict(config, agent, mesh.size)
     if jax.process_index() == 0:
         os.makedirs(args.output_dir, exist_ok=True)
         png = save_learning_curve(
@@ -1328,7 +1395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             json.dump(summary, f, indent=2)
         print(f"Summary saved to {os.path.abspath(summary_path)}")
     if not args.skip_parity:
-        check_parity(config, lstm.seed_params(0), lstm.seed_rollouts(0))
+        check_parity(config, agent.seed_params(0), agent.seed_rollouts(0))
     return 0
 
 

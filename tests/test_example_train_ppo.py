@@ -113,7 +113,7 @@ def test_jitted_update_runs_and_learns_something(recurrent):
     np.testing.assert_array_equal(metrics.episodes, TINY.num_envs * TINY.episodes_per_rollout)
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), before, runner.train_state.params)
     assert all(jax.tree.leaves(changed)), changed
-    assert runner.lstm_state.h.shape == (TINY.num_envs, 1, TINY.hidden_size)
+    assert runner.recurrent_state.h.shape == (TINY.num_envs, 1, TINY.hidden_size)
 
 
 @pytest.fixture(scope="module")
