@@ -105,6 +105,8 @@ RecurrentState = Any
 
 ENV_NAME = "MemoryChain-bsuite"
 PARITY_ATOL = 1e-5
+CELLS = {"lstm": jaxlstm.LSTM, "gru": jaxlstm.GRU}  # --cell: the recurrent torso
+AGENT_NAMES = {"lstm": "LSTM", "gru": "GRU"}  # the agent's name in reports and checkpoints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +141,10 @@ class Config:
     eval_episodes_per_env: int = 4
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {sorted(CELLS)}. Got {self.cell!r}.")
+
     @property
     def episode_length(self) -> int:
         return self.memory_length + 1
@@ -162,14 +168,8 @@ class Config:
         return self.updates_per_chunk * self.num_chunks
 
 
-CELLS = {"lstm": jaxlstm.LSTM, "gru": jaxlstm.GRU}
-AGENT_NAMES = {"lstm": "LSTM", "gru": "GRU"}
-
-
 def recurrent_core(config: Config, recurrent_mode: bool = False) -> jaxlstm.LSTM | jaxlstm.GRU:
     """The recurrent torso of ``config.cell``, unbound (its params live under ``config.cell``)."""
-    if config.cell not in CELLS:
-        raise ValueError(f"cell must be one of {sorted(CELLS)}. Got {config.cell!r}.")
     return CELLS[config.cell](config.hidden_size, recurrent_mode=recurrent_mode)
 
 
@@ -233,8 +233,6 @@ class ActorCritic(nn.Module):
 
 
 def make_network(config: Config, num_actions: int, recurrent: bool) -> ActorCritic:
-    if config.cell not in CELLS:
-        raise ValueError(f"cell must be one of {sorted(CELLS)}. Got {config.cell!r}.")
     return ActorCritic(num_actions, config.hidden_size, config.head_size, recurrent, config.cell)
 
 

@@ -123,6 +123,13 @@ def test_jitted_update_runs_and_learns_something(cell, recurrent):
         assert cell in runner.train_state.params["params"]
 
 
+def test_an_unknown_cell_is_rejected_naming_it():
+    with pytest.raises(ValueError, match=r"cell must be one of \['gru', 'lstm'\]. Got 'rnn'"):
+        ppo.Config(cell="rnn")
+    with pytest.raises(SystemExit):
+        ppo.parse_config(["--cell", "rnn"])
+
+
 @pytest.mark.parametrize(("cell", "gates"), [("lstm", 4), ("gru", 3)])
 def test_forget_bias_shifts_the_keep_gate(cell, gates):
     # The LSTM's forget gate and the GRU's update gate z are both torch's second gate block.
