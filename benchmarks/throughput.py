@@ -1,15 +1,17 @@
-"""Throughput of the whole PPO loop: env-steps/s for devices 1/2/4 x seeds 1/4/16.
+"""Throughput of the whole PPO loop: env-steps/s for LSTM and GRU x devices 1/2/4 x seeds 1/4/16.
 
 Run ``python -m benchmarks.throughput`` (``--quick`` for a CI-sized smoke run).
 
 Two trainers, at the same configuration, on the same mesh:
 
 - ``jaxlstm``: the main job's trainer (``examples/train_ppo.py``: ``jaxlstm.LSTM``,
-  batch-major sequences, the env batch pinned to the mesh's data axis);
+  or ``jaxlstm.GRU`` with ``--cell gru``; batch-major sequences, the env batch
+  pinned to the mesh's data axis);
 - ``purejaxrl``: a purejaxrl-style recurrent PPO written here, time-major, whose
-  ``ScannedRNN`` is ``nn.scan`` over flax's ``OptimizedLSTMCell`` with the reset
-  as a ``jnp.where`` on the carry. Its env batch is sharded through the inputs
-  only, as a purejaxrl user would shard it.
+  ``ScannedRNN`` is ``nn.scan`` over flax's ``OptimizedLSTMCell`` (LSTM points)
+  or ``GRUCell`` (GRU points, purejaxrl's own choice) with the reset as a
+  ``jnp.where`` on the carry. Its env batch is sharded through the inputs only,
+  as a purejaxrl user would shard it.
 
 Both run rollout + GAE + ``update_epochs`` x ``num_minibatches`` PPO steps, for
 K seeds under ``vmap``, compiled once per point (ahead of time, not timed). Each
@@ -76,10 +78,14 @@ ppo = load_example()
 # ---------------------------------------------------------------------------
 
 
+BASELINE_CELLS = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}
+
+
 class ScannedRNN(nn.Module):
-    """An LSTM cell scanned over time-major inputs; the carry is zeroed where ``done``."""
+    """A flax cell scanned over time-major inputs; the carry is zeroed where ``done``."""
 
     hidden_size: int
+    cell: str = "lstm"
 
     @functools.partial(nn.scan, variable_broadcast="params", in_axes=0, out_axes=0,
                        split_rngs={"params": False})
@@ -87,24 +93,28 @@ class ScannedRNN(nn.Module):
     def __call__(self, carry, inputs):
         x, done = inputs  # [N, O], [N]
         carry = jax.tree.map(lambda a: jnp.where(done[:, None], 0.0, a), carry)
-        carry, y = nn.OptimizedLSTMCell(self.hidden_size)(carry, x)
+        carry, y = BASELINE_CELLS[self.cell](self.hidden_size)(carry, x)
         return carry, y
 
     @staticmethod
-    def zeros(batch: int, hidden_size: int):
+    def zeros(batch: int, hidden_size: int, cell: str = "lstm"):
+        """The LSTM's ``(c, h)``, each ``[N, H]``; the GRU's ``h [N, H]``."""
+        if cell == "gru":
+            return jnp.zeros((batch, hidden_size))
         return (jnp.zeros((batch, hidden_size)), jnp.zeros((batch, hidden_size)))
 
 
 class BaselineActorCritic(nn.Module):
-    """Same sizes as the main job's agent: LSTM torso, ``Dense-tanh-Dense`` heads."""
+    """Same sizes as the main job's agent: LSTM or GRU torso, ``Dense-tanh-Dense`` heads."""
 
     num_actions: int
     hidden_size: int
     head_size: int
+    cell: str = "lstm"
 
     @nn.compact
     def __call__(self, carry, obs, done):  # time-major [T, N, O], [T, N]
-        carry, embed = ScannedRNN(self.hidden_size)(carry, (obs, done))
+        carry, embed = ScannedRNN(self.hidden_size, self.cell)(carry, (obs, done))
         logits = ppo.Head(self.head_size, self.num_actions)(embed)
         value = ppo.Head(self.head_size, 1)(embed)[..., 0]
         return carry, logits, value
@@ -115,7 +125,7 @@ class BaselineRunner(NamedTuple):
     env_state: Any  # [N, ...]
     obs: jax.Array  # [N, O]
     done: jax.Array  # [N]
-    carry: Any  # (c, h), each [N, H]
+    carry: Any  # (c, h), each [N, H] (LSTM); h [N, H] (GRU)
     rng: jax.Array
 
 
@@ -123,7 +133,7 @@ def make_baseline(config: Any):
     """Returns ``(init(rng), train_chunk(runner, length))`` of the purejaxrl-style PPO."""
     env, env_params = ppo.make_env(config)
     network = BaselineActorCritic(env.action_space(env_params).n, config.hidden_size,
-                                  config.head_size)
+                                  config.head_size, config.cell)
     n, steps, hidden = config.num_envs, config.num_steps, config.hidden_size
     grad_steps = config.num_updates * config.update_epochs * config.num_minibatches
     tx = optax.chain(optax.clip_by_global_norm(config.max_grad_norm),
@@ -133,10 +143,10 @@ def make_baseline(config: Any):
         rng, k_net, k_env = jax.random.split(rng, 3)
         obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_env, n),
                                                                  env_params)
-        params = network.init(k_net, ScannedRNN.zeros(n, hidden), obs[None],
+        params = network.init(k_net, ScannedRNN.zeros(n, hidden, config.cell), obs[None],
                               jnp.zeros((1, n), bool))
         return BaselineRunner(TrainState.create(apply_fn=network.apply, params=params, tx=tx),
-                              env_state, obs, jnp.ones((n,), bool), ScannedRNN.zeros(n, hidden),
+                              env_state, obs, jnp.ones((n,), bool), ScannedRNN.zeros(n, hidden, config.cell),
                               rng)
 
     def env_step(runner, _):
@@ -237,6 +247,7 @@ def compiled_point(kind: str, config: Any, mesh, seeds: int, length: int):
 
 
 def measure(config: Any, devices: int, seeds: int, length: int, repeats: int) -> dict:
+    """One point: ``config.cell`` at ``devices`` x ``seeds``, both trainers."""
     mesh = ppo.make_mesh(devices)
     times: dict[str, list[float]] = {}
     for kind in ("jaxlstm", "purejaxrl"):
@@ -253,7 +264,8 @@ def measure(config: Any, devices: int, seeds: int, length: int, repeats: int) ->
                 times[kind].append(time.perf_counter() - t0)
         del program, runner
     env_steps = length * config.steps_per_update * seeds
-    out = {"devices": devices, "seeds": seeds, "env_steps_per_call": env_steps}
+    out = {"cell": config.cell, "devices": devices, "seeds": seeds,
+           "env_steps_per_call": env_steps}
     for kind, ts in times.items():
         out[kind] = {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
                      "steps_per_s": env_steps / statistics.median(ts)}
@@ -261,7 +273,8 @@ def measure(config: Any, devices: int, seeds: int, length: int, repeats: int) ->
     return out
 
 
-def run_point(devices: int, seeds: int, quick: bool, repeats: int, timeout: float) -> dict:
+def run_point(cell: str, devices: int, seeds: int, quick: bool, repeats: int,
+              timeout: float) -> dict:
     """Measures one point in a fresh process with exactly ``devices`` forced CPU devices.
 
     A process per point keeps one point's compiled programs and threads out of the next,
@@ -274,17 +287,17 @@ def run_point(devices: int, seeds: int, quick: bool, repeats: int, timeout: floa
                  if not f.startswith("--xla_force_host_platform_device_count")]
         env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
     cmd = [sys.executable, "-m", "benchmarks.throughput", "--point", str(devices), str(seeds),
-           "--repeats", str(repeats)] + (["--quick"] if quick else [])
+           "--cells", cell, "--repeats", str(repeats)] + (["--quick"] if quick else [])
+    where = {"cell": cell, "devices": devices, "seeds": seeds}
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        return {"devices": devices, "seeds": seeds, "error": f"no result in {timeout:.0f} s"}
+        return {**where, "error": f"no result in {timeout:.0f} s"}
     line = next((x for x in proc.stdout.splitlines() if x.startswith("POINT")), None)
     if proc.returncode or line is None:
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-        return {"devices": devices, "seeds": seeds,
-                "error": f"exit {proc.returncode}: {' | '.join(tail)}"}
+        return {**where, "error": f"exit {proc.returncode}: {' | '.join(tail)}"}
     return json.loads(line[len("POINT"):])
 
 
@@ -309,15 +322,18 @@ def write_markdown(results: dict, path: Path) -> None:
              f"Load: before `{results['uptime_before']}`; after `{results['uptime_after']}`.",
              f"Config: {results['config_text']}; {results['length']} updates per timed call, "
              f"median of {results['repeats']} calls.", "",
-             "| devices | seeds | jaxlstm steps/s | purejaxrl steps/s | ratio | spread (max/min) |",
-             "|---|---|---|---|---|---|"]
+             "| cell | devices | seeds | jaxlstm steps/s | purejaxrl steps/s | ratio "
+             "| spread (max/min) |",
+             "|---|---|---|---|---|---|---|"]
     for r in results["points"]:
         spread = max(r[k]["max_s"] / r[k]["min_s"] for k in ("jaxlstm", "purejaxrl"))
-        lines.append(f"| {r['devices']} | {r['seeds']} | {r['jaxlstm']['steps_per_s']:,.0f} | "
+        lines.append(f"| {r['cell']} | {r['devices']} | {r['seeds']} | "
+                     f"{r['jaxlstm']['steps_per_s']:,.0f} | "
                      f"{r['purejaxrl']['steps_per_s']:,.0f} | {r['ratio']:.2f}x | "
                      f"{spread:.2f} |")
     for r in results["failed"]:
-        lines.append(f"| {r['devices']} | {r['seeds']} | - | - | - | {r['error']} |")
+        lines.append(f"| {r['cell']} | {r['devices']} | {r['seeds']} | - | - | - "
+                     f"| {r['error']} |")
     ratios = [r["ratio"] for r in results["points"]]
     met = sum(r >= 1.0 for r in ratios)
     lines += ["", f"Target ratio >= 1.0: met at {met} of {len(ratios)} measured points"
@@ -330,8 +346,10 @@ def write_markdown(results: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: tiny sizes, (devices, seeds) = (1, 1) and (2, 2), "
-                             "one repeat")
+                        help="smoke run: tiny sizes, (cell, devices, seeds) = (lstm, 1, 1), "
+                             "(lstm, 2, 2) and (gru, 2, 2), one repeat")
+    parser.add_argument("--cells", nargs="+", choices=sorted(ppo.CELLS), default=None,
+                        help="recurrent cells (default lstm gru)")
     parser.add_argument("--devices", type=int, nargs="+", default=None,
                         help="device counts (default 1 2 4)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
@@ -346,35 +364,39 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         config = ppo.Config(memory_length=3, num_envs=8, num_minibatches=2, hidden_size=8,
                             head_size=8, total_steps=10_000)
-        grid, repeats, length = [(1, 1), (2, 2)], 1, 1
+        grid, repeats, length = [("lstm", 1, 1), ("lstm", 2, 2), ("gru", 2, 2)], 1, 1
     else:
         # The main job's network and PPO settings; a shorter memory and fewer envs per
         # seed keep 18 compiled points within minutes on a 2-core CPU.
         config = ppo.Config(memory_length=10, num_envs=16, total_steps=1_000_000)
-        grid, repeats, length = [(d, k) for d in [1, 2, 4] for k in [1, 4, 16]], 3, 2
-    if args.devices or args.seeds:  # a sub-grid
-        grid = [(d, k) for d in (args.devices or sorted({d for d, _ in grid}))
-                for k in (args.seeds or sorted({k for _, k in grid}))]
+        grid, repeats, length = [(c, d, k) for c in ["lstm", "gru"] for d in [1, 2, 4]
+                                 for k in [1, 4, 16]], 3, 2
+    if args.cells or args.devices or args.seeds:  # a sub-grid
+        grid = [(c, d, k) for c in (args.cells or list(dict.fromkeys(c for c, _, _ in grid)))
+                for d in (args.devices or sorted({d for _, d, _ in grid}))
+                for k in (args.seeds or sorted({k for _, _, k in grid}))]
     repeats = args.repeats or repeats
     if args.point:  # one point, in this process: print its figures as one JSON line
         import faulthandler
 
         faulthandler.dump_traceback_later(args.point_timeout * 0.9, exit=False)
-        print("POINT" + json.dumps(measure(config, *args.point, length, repeats)), flush=True)
+        cell = args.cells[0] if args.cells else "lstm"
+        point = measure(dataclasses.replace(config, cell=cell), *args.point, length, repeats)
+        print("POINT" + json.dumps(point), flush=True)
         return 0
     name = args.name or ("throughput_smoke" if args.quick else "throughput_cpu")
     uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"uptime: {uptime_before}", flush=True)
     points = []
     failed = []
-    for d, k in grid:
-        point = run_point(d, k, args.quick, repeats, args.point_timeout)
+    for c, d, k in grid:
+        point = run_point(c, d, k, args.quick, repeats, args.point_timeout)
         if "error" in point:
             failed.append(point)
-            print(f"devices={d} seeds={k:>2}: {point['error']}", flush=True)
+            print(f"{c} devices={d} seeds={k:>2}: {point['error']}", flush=True)
             continue
         points.append(point)
-        print(f"devices={d} seeds={k:>2}: jaxlstm {point['jaxlstm']['steps_per_s']:>9,.0f} "
+        print(f"{c:<4} devices={d} seeds={k:>2}: jaxlstm {point['jaxlstm']['steps_per_s']:>9,.0f} "
               f"steps/s, purejaxrl {point['purejaxrl']['steps_per_s']:>9,.0f} steps/s, "
               f"ratio {point['ratio']:.2f}x", flush=True)
     uptime_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
@@ -386,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": dataclasses.asdict(config),
         "config_text": (f"MemoryChain memory_length={config.memory_length}, "
                         f"{config.num_envs} envs x {config.num_steps} steps per seed per update, "
-                        f"LSTM H={config.hidden_size}, {config.update_epochs} epochs x "
+                        f"LSTM/GRU H={config.hidden_size}, {config.update_epochs} epochs x "
                         f"{config.num_minibatches} minibatches"),
         "length": length, "repeats": repeats, "points": points, "failed": failed,
     }

@@ -28,7 +28,8 @@ def test_throughput_quick_run_writes_every_point(tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     results = json.loads((tmp_path / "throughput_smoke.json").read_text())
-    assert [(p["devices"], p["seeds"]) for p in results["points"]] == [(1, 1), (2, 2)]
+    assert [(p["cell"], p["devices"], p["seeds"]) for p in results["points"]] == [
+        ("lstm", 1, 1), ("lstm", 2, 2), ("gru", 2, 2)]
     for point in results["points"]:
         for kind in ("jaxlstm", "purejaxrl"):
             assert point[kind]["steps_per_s"] > 0
@@ -36,4 +37,5 @@ def test_throughput_quick_run_writes_every_point(tmp_path):
             point["jaxlstm"]["steps_per_s"] / point["purejaxrl"]["steps_per_s"])
     assert "load average" in results["uptime_before"]
     table = (tmp_path / "throughput_smoke.md").read_text()
-    assert "| 2 | 2 |" in table and "Target ratio >= 1.0" in table
+    assert "| lstm | 2 | 2 |" in table and "| gru | 2 | 2 |" in table
+    assert "Target ratio >= 1.0" in table

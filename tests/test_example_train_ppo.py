@@ -98,9 +98,10 @@ def test_gae_matches_a_python_loop():
     np.testing.assert_allclose(np.asarray(target), expected + value, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("recurrent", [True, False])
-def test_jitted_update_runs_and_learns_something(recurrent):
-    trainer = ppo.make_train(TINY, recurrent)
+@pytest.mark.parametrize(("cell", "recurrent"), [("lstm", True), ("lstm", False), ("gru", True)])
+def test_jitted_update_runs_and_learns_something(cell, recurrent):
+    config = dataclasses.replace(TINY, cell=cell)
+    trainer = ppo.make_train(config, recurrent)
     runner = jax.jit(trainer.init)(jax.random.key(0))
     before = runner.train_state.params
     runner, metrics = jax.jit(trainer.train_chunk, static_argnums=1)(runner,
@@ -113,47 +114,78 @@ def test_jitted_update_runs_and_learns_something(recurrent):
     np.testing.assert_array_equal(metrics.episodes, TINY.num_envs * TINY.episodes_per_rollout)
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), before, runner.train_state.params)
     assert all(jax.tree.leaves(changed)), changed
-    assert runner.lstm_state.h.shape == (TINY.num_envs, 1, TINY.hidden_size)
+    if cell == "lstm":
+        assert runner.recurrent_state.h.shape == (TINY.num_envs, 1, TINY.hidden_size)
+    else:  # the GRU's state is one array, not an LSTMState
+        assert isinstance(runner.recurrent_state, jax.Array)
+        assert runner.recurrent_state.shape == (TINY.num_envs, 1, TINY.hidden_size)
+    if recurrent:
+        assert cell in runner.train_state.params["params"]
 
 
-@pytest.fixture(scope="module")
-def untrained_lstm_agent():
-    """``(config, params, greedy rollouts)`` of a freshly initialised LSTM agent."""
-    config = dataclasses.replace(TINY, memory_length=6)
+def test_an_unknown_cell_is_rejected_naming_it():
+    with pytest.raises(ValueError, match=r"cell must be one of \['gru', 'lstm'\]. Got 'rnn'"):
+        ppo.Config(cell="rnn")
+    with pytest.raises(SystemExit):
+        ppo.parse_config(["--cell", "rnn"])
+
+
+@pytest.mark.parametrize(("cell", "gates"), [("lstm", 4), ("gru", 3)])
+def test_forget_bias_shifts_the_keep_gate(cell, gates):
+    # The LSTM's forget gate and the GRU's update gate z are both torch's second gate block.
+    config = dataclasses.replace(TINY, cell=cell, forget_bias=1.5)
+    plain = dataclasses.replace(config, forget_bias=0.0)
+    key = jax.random.key(3)
+    shifted = ppo.make_train(config, True).init(key).train_state.params["params"][cell]
+    base = ppo.make_train(plain, True).init(key).train_state.params["params"][cell]
+    h = config.hidden_size
+    diff = np.asarray(shifted["bias_hh_l0"] - base["bias_hh_l0"])
+    assert diff.shape == (gates * h,)
+    np.testing.assert_allclose(diff[h:2 * h], 1.5, rtol=1e-6)
+    np.testing.assert_array_equal(np.delete(diff, np.s_[h:2 * h]), 0.0)
+
+
+@pytest.fixture(scope="module", params=["lstm", "gru"])
+def untrained_agent(request):
+    """``(config, params, greedy rollouts)`` of a freshly initialised LSTM or GRU agent."""
+    config = dataclasses.replace(TINY, memory_length=6, cell=request.param)
     params = jax.jit(ppo.make_train(config, True).init)(jax.random.key(1)).train_state.params
     rollouts = jax.jit(ppo.make_evaluate(config, True))(params, jax.random.key(2))
     return config, params, rollouts
 
 
-def test_parity_sequences_have_resets_and_nonzero_initial_states(untrained_lstm_agent):
-    config, params, rollouts = untrained_lstm_agent
+def test_parity_sequences_have_resets_and_nonzero_initial_states(untrained_agent):
+    config, params, rollouts = untrained_agent
     seq = ppo.parity_sequences(config, params, rollouts, rows=4, episodes=3)
     assert seq.obs.shape == (4, 3 * config.episode_length, 3)
     # Each row holds several episodes, its resets at a different step than its neighbour's.
     assert np.all(seq.is_init.sum(axis=1) >= 2)
     assert len({tuple(np.nonzero(row)[0]) for row in seq.is_init}) > 1
     assert not seq.is_init[:, 0].any()
-    assert np.all(np.abs(np.asarray(seq.init_state.h)).max(axis=(1, 2)) > 0)
+    for state in jax.tree.leaves(seq.init_state):
+        assert state.shape == (4, 1, config.hidden_size)
+        assert np.all(np.abs(state).max(axis=(1, 2)) > 0)
     ends = ppo.trajectory_ends(seq.is_init)
     np.testing.assert_array_equal(ends[:, :-1], seq.is_init[:, 1:])
     assert ends[:, -1].all()
 
 
-def test_torch_export_matches_jax_and_catches_a_wrong_weight(untrained_lstm_agent):
+def test_torch_export_matches_jax_and_catches_a_wrong_weight(untrained_agent):
     pytest.importorskip("torchrl")
     import torch
 
-    config, params, rollouts = untrained_lstm_agent
+    config, params, rollouts = untrained_agent
     assert ppo.check_parity(config, params, rollouts) <= ppo.PARITY_ATOL
 
     # The check must fail when the torch side is wrong: shift one bias there.
     seq = ppo.parity_sequences(config, params, rollouts)
     ref = ppo.run_jax(config, params, seq)
-    from torchrl.modules import LSTMModule
+    import torchrl.modules
 
-    policy = ppo.torch_policy(LSTMModule, config, params, seq.obs.shape[-1])
+    module = {"lstm": torchrl.modules.LSTMModule, "gru": torchrl.modules.GRUModule}[config.cell]
+    policy = ppo.torch_policy(module, config, params, seq.obs.shape[-1])
     with torch.no_grad():
-        policy[0].lstm.bias_hh_l0[0] += 1e-3
+        getattr(policy[0], config.cell).bias_hh_l0[0] += 1e-3
     out = ppo.run_torch(policy, seq)
     assert np.max(np.abs(out["step"]["h"] - ref["step"]["h"])) > ppo.PARITY_ATOL
 
@@ -193,3 +225,32 @@ def test_script_quick_run(tmp_path):
     assert str(png) in proc.stdout
     for row in ("LSTM", "memoryless"):
         assert any(line.startswith(row) for line in proc.stdout.splitlines()), proc.stdout
+
+
+def test_script_quick_run_gru(tmp_path):
+    pytest.importorskip("torchrl")
+    pytest.importorskip("matplotlib")
+    env = dict(os.environ, JAX_NUMPY_RANK_PROMOTION="raise")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--cell", "gru", "--skip-baseline",
+         "--output-dir", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "GRU: compiling" in proc.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary) == {"cell", "devices", "updates", "env_steps", "wall_s",
+                            "env_steps_per_s", "seeds"}
+    assert summary["cell"] == "gru" and summary["devices"] == 1
+    config = ppo.Config(memory_length=5, num_envs=16, total_steps=8_000, num_chunks=4)
+    assert summary["updates"] == config.num_updates
+    assert summary["env_steps"] == config.num_updates * config.steps_per_update
+    assert summary["wall_s"] > 0 and summary["env_steps_per_s"] > 0
+    (seed,) = summary["seeds"]
+    assert set(seed) == {"seed", "greedy_return", "steps_to_threshold", "params_l2"}
+    assert seed["seed"] == 0 and -1.0 <= seed["greedy_return"] <= 1.0
+    assert seed["params_l2"] > 0
+    # The export went to the GRU modules, and they agree with JAX.
+    assert ("PARITY OK: JAX, bridge.GRUModule and torchrl.modules.GRUModule agree"
+            in proc.stdout), proc.stdout[-3000:]
+    assert (tmp_path / "learning_curve.png").is_file()

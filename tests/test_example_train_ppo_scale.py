@@ -94,9 +94,9 @@ def reference(tmp_path_factory):
 
 def test_summary_json_has_the_documented_fields(reference):
     summary, ckpt = reference
-    assert set(summary) == {"devices", "updates", "env_steps", "wall_s", "env_steps_per_s",
-                            "seeds"}
-    assert summary["devices"] == 1 and summary["env_steps"] == UPDATES * 16 * 12
+    assert set(summary) == {"cell", "devices", "updates", "env_steps", "wall_s",
+                            "env_steps_per_s", "seeds"}
+    assert summary["cell"] == "lstm" and summary["devices"] == 1 and summary["env_steps"] == UPDATES * 16 * 12
     assert summary["wall_s"] > 0 and summary["env_steps_per_s"] > 0
     (seed,) = summary["seeds"]
     assert set(seed) == {"seed", "greedy_return", "steps_to_threshold", "params_l2"}
