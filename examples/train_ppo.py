@@ -98,6 +98,7 @@ from _ppo_infra import (  # noqa: E402
     summary_dict,
     to_host,
 )
+
 # Not used below; the tests and benchmarks reach them as attributes of this script.
 from _ppo_infra import HOLD_WINDOW, params_l2, steps_to_threshold  # noqa: E402, F401
 
@@ -227,7 +228,8 @@ class ActorCritic(nn.Module):
             embed = jnp.tanh(nn.Dense(self.hidden_size, name="mlp_1")(x))
             steps = obs.shape[-2]
             states = jax.tree.map(
-                lambda a: jnp.broadcast_to(a[:, None], (a.shape[0], steps) + a.shape[1:]), state)
+                lambda a: jnp.broadcast_to(a[:, None], (a.shape[0], steps) + a.shape[1:]), state
+            )
         logits = Head(self.head_size, self.num_actions, name="actor")(embed)
         value = Head(self.head_size, 1, name="critic")(embed)[..., 0]
         return logits, value, states
@@ -250,7 +252,7 @@ def add_forget_bias(params: Any, value: float, cell: str = "lstm") -> Any:
     core = dict(params["params"][cell])
     bias = core["bias_hh_l0"]
     hidden = bias.shape[0] // (4 if cell == "lstm" else 3)
-    core["bias_hh_l0"] = bias.at[hidden:2 * hidden].add(value)
+    core["bias_hh_l0"] = bias.at[hidden : 2 * hidden].add(value)
     return {**params, "params": {**params["params"], cell: core}}
 
 
@@ -312,8 +314,12 @@ class Metrics(NamedTuple):
 
 
 def gae(
-    value: jax.Array, reward: jax.Array, done: jax.Array, last_value: jax.Array,
-    gamma: float, lam: float,
+    value: jax.Array,
+    reward: jax.Array,
+    done: jax.Array,
+    last_value: jax.Array,
+    gamma: float,
+    lam: float,
 ) -> tuple[jax.Array, jax.Array]:
     """Generalised advantage estimates over time-major ``[T, N]`` arrays.
 
@@ -333,7 +339,8 @@ def gae(
         return carry, carry
 
     _, advantages = jax.lax.scan(
-        backward, jnp.zeros_like(last_value), (deltas, not_done), reverse=True)
+        backward, jnp.zeros_like(last_value), (deltas, not_done), reverse=True
+    )
     return advantages, advantages + value
 
 
@@ -372,7 +379,8 @@ def make_train(config: Config, recurrent: bool, mesh: Mesh | None = None) -> Tra
         raise ValueError(
             f"num_envs must be a multiple of num_minibatches * devices = "
             f"{config.num_minibatches} * {num_devices} (every minibatch is split evenly over "
-            f"the devices). Got num_envs={n}.")
+            f"the devices). Got num_envs={n}."
+        )
 
     def shard_envs(tree: Any, env_axis: int) -> Any:
         """Pins the env axis of every leaf to the mesh's data axis."""
@@ -380,7 +388,10 @@ def make_train(config: Config, recurrent: bool, mesh: Mesh | None = None) -> Tra
             return tree
         return jax.tree.map(
             lambda a: jax.lax.with_sharding_constraint(
-                a, NamedSharding(mesh, P(*([None] * env_axis), DATA_AXIS))), tree)
+                a, NamedSharding(mesh, P(*([None] * env_axis), DATA_AXIS))
+            ),
+            tree,
+        )
 
     env_reset = jax.vmap(env.reset, in_axes=(0, None))
     env_step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
@@ -405,44 +416,74 @@ def make_train(config: Config, recurrent: bool, mesh: Mesh | None = None) -> Tra
         if recurrent and config.forget_bias:
             params = add_forget_bias(params, config.forget_bias, config.cell)
         train_state = TrainState.create(apply_fn=network.apply, params=params, tx=tx)
-        return RunnerState(train_state, env_state, obs, jnp.ones((n,), bool), state,
-                           jnp.zeros((n,), jnp.float32), rng)
+        return RunnerState(
+            train_state,
+            env_state,
+            obs,
+            jnp.ones((n,), bool),
+            state,
+            jnp.zeros((n,), jnp.float32),
+            rng,
+        )
 
     def rollout_step(runner: RunnerState, _: None) -> tuple[RunnerState, Transition]:
         rng, k_act, k_env = jax.random.split(runner.rng, 3)
         # The rollout is step mode: a sequence of length one.
         logits, value, states = network.apply(
-            runner.train_state.params, runner.obs[:, None], runner.is_init[:, None],
-            runner.recurrent_state)
+            runner.train_state.params,
+            runner.obs[:, None],
+            runner.is_init[:, None],
+            runner.recurrent_state,
+        )
         logits, value = logits[:, 0], value[:, 0]
         action = jax.random.categorical(k_act, logits)
         obs, env_state, reward, terminated, truncated, _ = env_step(
-            jax.random.split(k_env, n), runner.env_state, action, env_params)
+            jax.random.split(k_env, n), runner.env_state, action, env_params
+        )
         done = jnp.logical_or(terminated, truncated)
         episode_return = runner.episode_return + reward
-        transition = Transition(runner.obs, runner.is_init, action,
-                                categorical_log_prob(logits, action), value, reward, done,
-                                episode_return)
+        transition = Transition(
+            runner.obs,
+            runner.is_init,
+            action,
+            categorical_log_prob(logits, action),
+            value,
+            reward,
+            done,
+            episode_return,
+        )
         runner = runner._replace(
-            env_state=env_state, obs=obs, is_init=done,
+            env_state=env_state,
+            obs=obs,
+            is_init=done,
             recurrent_state=jax.tree.map(lambda a: a[:, 0], states),
-            episode_return=jnp.where(done, 0.0, episode_return), rng=rng)
+            episode_return=jnp.where(done, 0.0, episode_return),
+            rng=rng,
+        )
         return runner, transition
 
     def loss_fn(params: Any, batch: dict[str, Any]) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-        logits, value, _ = network.apply(params, batch["obs"], batch["is_init"],
-                                         batch["init_state"])
+        logits, value, _ = network.apply(
+            params, batch["obs"], batch["is_init"], batch["init_state"]
+        )
         # Value loss, clipped around the rollout's values (PPO's value clipping).
         value_clipped = batch["value"] + jnp.clip(
-            value - batch["value"], -config.clip_eps, config.clip_eps)
-        value_loss = 0.5 * jnp.mean(jnp.maximum(
-            jnp.square(value - batch["target"]), jnp.square(value_clipped - batch["target"])))
+            value - batch["value"], -config.clip_eps, config.clip_eps
+        )
+        value_loss = 0.5 * jnp.mean(
+            jnp.maximum(
+                jnp.square(value - batch["target"]), jnp.square(value_clipped - batch["target"])
+            )
+        )
         log_prob = categorical_log_prob(logits, batch["action"])
         ratio = jnp.exp(log_prob - batch["log_prob"])
         adv = batch["advantage"]
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        actor_loss = -jnp.mean(jnp.minimum(
-            ratio * adv, jnp.clip(ratio, 1.0 - config.clip_eps, 1.0 + config.clip_eps) * adv))
+        actor_loss = -jnp.mean(
+            jnp.minimum(
+                ratio * adv, jnp.clip(ratio, 1.0 - config.clip_eps, 1.0 + config.clip_eps) * adv
+            )
+        )
         entropy = jnp.mean(categorical_entropy(logits))
         total = actor_loss + config.vf_coef * value_loss - config.ent_coef * entropy
         return total, (value_loss, actor_loss, entropy)
@@ -451,20 +492,28 @@ def make_train(config: Config, recurrent: bool, mesh: Mesh | None = None) -> Tra
         runner, traj = jax.lax.scan(rollout_step, runner, None, length=steps)
         traj = shard_envs(traj, env_axis=1)  # time-major [T, N]
         _, last_value, _ = network.apply(
-            runner.train_state.params, runner.obs[:, None], runner.is_init[:, None],
-            runner.recurrent_state)
+            runner.train_state.params,
+            runner.obs[:, None],
+            runner.is_init[:, None],
+            runner.recurrent_state,
+        )
         return runner, traj, last_value[:, 0]
 
     def update(runner: RunnerState, _: None) -> tuple[RunnerState, Metrics]:
         init_state = runner.recurrent_state
         runner, traj, last_value = collect(runner)
-        advantages, targets = gae(traj.value, traj.reward, traj.done, last_value,
-                                  config.gamma, config.gae_lambda)
+        advantages, targets = gae(
+            traj.value, traj.reward, traj.done, last_value, config.gamma, config.gae_lambda
+        )
         # Time-major [T, N] -> batch-major [N, T], the layout jaxlstm reads.
         batch = {
-            "obs": traj.obs, "is_init": traj.is_init, "action": traj.action,
-            "log_prob": traj.log_prob, "value": traj.value,
-            "advantage": advantages, "target": targets,
+            "obs": traj.obs,
+            "is_init": traj.is_init,
+            "action": traj.action,
+            "log_prob": traj.log_prob,
+            "value": traj.value,
+            "advantage": advantages,
+            "target": targets,
         }
         batch = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), batch)
         batch["init_state"] = init_state
@@ -476,13 +525,14 @@ def make_train(config: Config, recurrent: bool, mesh: Mesh | None = None) -> Tra
             # One global permutation, whatever the mesh: N devices see the same
             # minibatches as one device, each holding 1/N of every minibatch.
             minibatches = jax.tree.map(
-                lambda a: jnp.reshape(a[perm], (config.num_minibatches, -1) + a.shape[1:]),
-                batch)
+                lambda a: jnp.reshape(a[perm], (config.num_minibatches, -1) + a.shape[1:]), batch
+            )
             minibatches = shard_envs(minibatches, env_axis=1)
 
             def minibatch_step(train_state: TrainState, mb: dict[str, Any]):
                 (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                    train_state.params, mb)
+                    train_state.params, mb
+                )
                 return train_state.apply_gradients(grads=grads), (loss, *aux)
 
             train_state, aux = jax.lax.scan(minibatch_step, train_state, minibatches)
@@ -490,17 +540,23 @@ def make_train(config: Config, recurrent: bool, mesh: Mesh | None = None) -> Tra
 
         rng, k_epochs = jax.random.split(runner.rng)
         (train_state, _), (loss, value_loss, actor_loss, entropy) = jax.lax.scan(
-            epoch, (runner.train_state, k_epochs), None, length=config.update_epochs)
+            epoch, (runner.train_state, k_epochs), None, length=config.update_epochs
+        )
         runner = runner._replace(train_state=train_state, rng=rng)
 
         finished = jnp.sum(traj.done)
         mean_return = jnp.sum(jnp.where(traj.done, traj.episode_return, 0.0)) / jnp.maximum(
-            finished, 1)
-        finite = jnp.all(jnp.stack(
-            [jnp.all(jnp.isfinite(loss))]
-            + [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(train_state.params)]))
-        return runner, Metrics(mean_return, finished, value_loss.mean(), actor_loss.mean(),
-                               entropy.mean(), finite)
+            finished, 1
+        )
+        finite = jnp.all(
+            jnp.stack(
+                [jnp.all(jnp.isfinite(loss))]
+                + [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(train_state.params)]
+            )
+        )
+        return runner, Metrics(
+            mean_return, finished, value_loss.mean(), actor_loss.mean(), entropy.mean(), finite
+        )
 
     def train_chunk(runner: RunnerState, length: int) -> tuple[RunnerState, Metrics]:
         return jax.lax.scan(update, runner, None, length=length)
@@ -532,7 +588,8 @@ def make_evaluate(config: Config, recurrent: bool) -> Callable[[Any, jax.Array],
     def evaluate(params: Any, rng: jax.Array) -> Rollouts:
         rng, k_reset = jax.random.split(rng)
         obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(
-            jax.random.split(k_reset, n), env_params)
+            jax.random.split(k_reset, n), env_params
+        )
 
         def step(carry, _):
             obs, is_init, state, env_state, episode_return, rng = carry
@@ -540,22 +597,35 @@ def make_evaluate(config: Config, recurrent: bool) -> Callable[[Any, jax.Array],
             logits, _, states = network.apply(params, obs[:, None], is_init[:, None], state)
             action = jnp.argmax(logits[:, 0], axis=-1)
             next_obs, env_state, reward, terminated, truncated, _ = jax.vmap(
-                env.step, in_axes=(0, 0, 0, None))(
-                    jax.random.split(k_env, n), env_state, action, env_params)
+                env.step, in_axes=(0, 0, 0, None)
+            )(jax.random.split(k_env, n), env_state, action, env_params)
             done = jnp.logical_or(terminated, truncated)
             episode_return = episode_return + reward
             out = (obs, is_init, done, episode_return)
-            carry = (next_obs, done, jax.tree.map(lambda a: a[:, 0], states), env_state,
-                     jnp.where(done, 0.0, episode_return), rng)
+            carry = (
+                next_obs,
+                done,
+                jax.tree.map(lambda a: a[:, 0], states),
+                env_state,
+                jnp.where(done, 0.0, episode_return),
+                rng,
+            )
             return carry, out
 
-        carry = (obs, jnp.ones((n,), bool), zero_state(config, n), env_state,
-                 jnp.zeros((n,), jnp.float32), rng)
+        carry = (
+            obs,
+            jnp.ones((n,), bool),
+            zero_state(config, n),
+            env_state,
+            jnp.zeros((n,), jnp.float32),
+            rng,
+        )
         _, (obs_seq, is_init, done, returns) = jax.lax.scan(step, carry, None, length=steps)
         finished = jnp.sum(done)
         mean_return = jnp.sum(jnp.where(done, returns, 0.0)) / jnp.maximum(finished, 1)
-        return Rollouts(mean_return, finished, jnp.swapaxes(obs_seq, 0, 1),
-                        jnp.swapaxes(is_init, 0, 1))
+        return Rollouts(
+            mean_return, finished, jnp.swapaxes(obs_seq, 0, 1), jnp.swapaxes(is_init, 0, 1)
+        )
 
     return evaluate
 
@@ -578,9 +648,14 @@ def runner_shardings(mesh: Mesh, runner: RunnerState) -> RunnerState:
         return jax.tree.map(lambda _: sharding, tree)
 
     return RunnerState(
-        train_state=like(runner.train_state, replicated), env_state=like(runner.env_state, envs),
-        obs=envs, is_init=envs, recurrent_state=like(runner.recurrent_state, envs),
-        episode_return=envs, rng=replicated)
+        train_state=like(runner.train_state, replicated),
+        env_state=like(runner.env_state, envs),
+        obs=envs,
+        is_init=envs,
+        recurrent_state=like(runner.recurrent_state, envs),
+        episode_return=envs,
+        rng=replicated,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -615,8 +690,13 @@ def segment_ends(start: int, config: Config, opts: ScaleOptions) -> list[int]:
     return sorted(m for m in marks if m > start)
 
 
-def train_agent(config: Config, recurrent: bool, name: str, mesh: Mesh | None = None,
-                opts: ScaleOptions = ScaleOptions()) -> Result:
+def train_agent(
+    config: Config,
+    recurrent: bool,
+    name: str,
+    mesh: Mesh | None = None,
+    opts: ScaleOptions = ScaleOptions(),
+) -> Result:
     """Trains K seeds of one agent on ``mesh``, with checkpoints; then evaluates them."""
     start_time = time.perf_counter()
     mesh = mesh if mesh is not None else make_mesh(1)
@@ -634,13 +714,17 @@ def train_agent(config: Config, recurrent: bool, name: str, mesh: Mesh | None = 
     checkpoints = None
     if opts.checkpoint_dir:
         fingerprint = {"agent": name, "config": dataclasses.asdict(config), "seeds": seeds}
-        checkpoints = Checkpoints(os.path.join(opts.checkpoint_dir, name), fingerprint,
-                                  template, shardings)
+        checkpoints = Checkpoints(
+            os.path.join(opts.checkpoint_dir, name), fingerprint, template, shardings
+        )
     restored = checkpoints.restore(curves.shape) if checkpoints and opts.resume else None
     if restored is not None:
         runner, curves, update = restored
-        print(f"{name}: resumed from the checkpoint at update {update} of {total} "
-              f"({checkpoints.directory}/{update})", flush=True)
+        print(
+            f"{name}: resumed from the checkpoint at update {update} of {total} "
+            f"({checkpoints.directory}/{update})",
+            flush=True,
+        )
     else:
         if opts.resume:
             print(f"{name}: no checkpoint to resume from; starting at update 0", flush=True)
@@ -652,45 +736,67 @@ def train_agent(config: Config, recurrent: bool, name: str, mesh: Mesh | None = 
     lengths = sorted({b - a for a, b in zip([update] + ends[:-1], ends)})
     compiled = {}
     if lengths:
-        print(f"{name}: compiling {len(lengths)} program(s) for {len(seeds)} seed(s) on "
-              f"{mesh.size} device(s) ...", end=" ", flush=True)
+        print(
+            f"{name}: compiling {len(lengths)} program(s) for {len(seeds)} seed(s) on "
+            f"{mesh.size} device(s) ...",
+            end=" ",
+            flush=True,
+        )
         t0 = time.perf_counter()
         for length in lengths:
-            program = jax.jit(jax.vmap(functools.partial(trainer.train_chunk, length=length)),
-                              donate_argnums=0, out_shardings=(shardings, None))
+            program = jax.jit(
+                jax.vmap(functools.partial(trainer.train_chunk, length=length)),
+                donate_argnums=0,
+                out_shardings=(shardings, None),
+            )
             compiled[length] = program.lower(runner).compile()
         print(f"{time.perf_counter() - t0:.1f} s", flush=True)
 
     stopped = False
     trained_updates = 0
-    with tqdm(total=total * config.steps_per_update, initial=update * config.steps_per_update,
-              desc=f"{name:>10}", unit=" steps", unit_scale=True, dynamic_ncols=True,
-              smoothing=0.0, file=sys.stdout, disable=not ends) as bar:
+    with tqdm(
+        total=total * config.steps_per_update,
+        initial=update * config.steps_per_update,
+        desc=f"{name:>10}",
+        unit=" steps",
+        unit_scale=True,
+        dynamic_ncols=True,
+        smoothing=0.0,
+        file=sys.stdout,
+        disable=not ends,
+    ) as bar:
         loop_start = time.perf_counter()
         for end in ends:
             runner, metrics = compiled[end - update](runner)
             metrics = to_host(metrics)
             finite = np.asarray(metrics.finite)  # [K, L]
             if not finite.all():
-                seed_index, offset = map(int, np.argwhere(~finite)[np.argmin(
-                    np.argwhere(~finite)[:, 1])])
+                seed_index, offset = map(
+                    int, np.argwhere(~finite)[np.argmin(np.argwhere(~finite)[:, 1])]
+                )
                 kept = checkpoints.latest() if checkpoints else None
-                where = (f"The last good checkpoint (update {kept}) is kept in "
-                         f"{checkpoints.directory}." if kept is not None else
-                         "No checkpoint was written before it.")
+                where = (
+                    f"The last good checkpoint (update {kept}) is kept in {checkpoints.directory}."
+                    if kept is not None
+                    else "No checkpoint was written before it."
+                )
                 raise NonFiniteError(
                     f"{name}: NaN or Inf in the loss or the parameters at update "
                     f"{update + offset + 1} of {total} (seed {seeds[seed_index]}); "
-                    f"training stopped. {where}")
+                    f"training stopped. {where}"
+                )
             curves[:, update:end] = metrics.mean_return
             trained_updates += end - update
             bar.update((end - update) * config.steps_per_update)
             bar.set_postfix(ret=f"{float(np.mean(metrics.mean_return[:, -1])):+.3f}")
             update = end
             stop_now = opts.stop_after is not None and update >= opts.stop_after
-            if checkpoints and (update == total or stop_now or (
-                    opts.checkpoint_every and update % opts.checkpoint_every == 0)
-                    or (not opts.checkpoint_every and update % config.updates_per_chunk == 0)):
+            if checkpoints and (
+                update == total
+                or stop_now
+                or (opts.checkpoint_every and update % opts.checkpoint_every == 0)
+                or (not opts.checkpoint_every and update % config.updates_per_chunk == 0)
+            ):
                 checkpoints.save(update, runner, curves)
             if stop_now and update < total:
                 stopped = True
@@ -701,10 +807,20 @@ def train_agent(config: Config, recurrent: bool, name: str, mesh: Mesh | None = 
     params = runner.train_state.params
     rollouts = to_host(jax.jit(jax.vmap(make_evaluate(config, recurrent)))(params, rng_eval))
     steps = np.arange(1, total + 1) * config.steps_per_update
-    return Result(name, seeds, to_host(params), steps, curves,
-                  np.asarray(rollouts.mean_return, np.float64), int(rollouts.episodes[0]),
-                  rollouts, update, time.perf_counter() - start_time,
-                  rate if trained_updates else 0.0, stopped)
+    return Result(
+        name,
+        seeds,
+        to_host(params),
+        steps,
+        curves,
+        np.asarray(rollouts.mean_return, np.float64),
+        int(rollouts.episodes[0]),
+        rollouts,
+        update,
+        time.perf_counter() - start_time,
+        rate if trained_updates else 0.0,
+        stopped,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -739,8 +855,9 @@ def torch_state_keys(state: RecurrentState) -> dict[str, str]:
     return {"h": "recurrent_state"}
 
 
-def parity_sequences(config: Config, params: Any, rollouts: Rollouts, rows: int = 4,
-                     episodes: int = 3) -> ParitySequences:
+def parity_sequences(
+    config: Config, params: Any, rollouts: Rollouts, rows: int = 4, episodes: int = 3
+) -> ParitySequences:
     """Cuts ``rows`` windows out of the greedy rollouts, each at another offset.
 
     Offsets make the resets fall at different steps in each row and start the
@@ -752,14 +869,20 @@ def parity_sequences(config: Config, params: Any, rollouts: Rollouts, rows: int 
     if rollouts.obs.shape[1] < max(offsets) + length:
         raise ValueError(
             f"the rollouts are too short for the parity windows: need "
-            f"{max(offsets) + length} steps, got {rollouts.obs.shape[1]}.")
+            f"{max(offsets) + length} steps, got {rollouts.obs.shape[1]}."
+        )
     core = recurrent_core(config, recurrent_mode=True)
-    _, states = core.apply({"params": params["params"][config.cell]}, rollouts.obs[:rows], None,
-                           rollouts.is_init[:rows])
-    obs = np.stack([rollouts.obs[b, o:o + length] for b, o in enumerate(offsets)])
-    is_init = np.stack([rollouts.is_init[b, o:o + length] for b, o in enumerate(offsets)])
+    _, states = core.apply(
+        {"params": params["params"][config.cell]},
+        rollouts.obs[:rows],
+        None,
+        rollouts.is_init[:rows],
+    )
+    obs = np.stack([rollouts.obs[b, o : o + length] for b, o in enumerate(offsets)])
+    is_init = np.stack([rollouts.is_init[b, o : o + length] for b, o in enumerate(offsets)])
     init_state = jax.tree.map(
-        lambda s: np.stack([np.asarray(s[b, o - 1]) for b, o in enumerate(offsets)]), states)
+        lambda s: np.stack([np.asarray(s[b, o - 1]) for b, o in enumerate(offsets)]), states
+    )
     return ParitySequences(np.asarray(obs, np.float32), np.asarray(is_init), init_state)
 
 
@@ -790,8 +913,11 @@ def run_jax(config: Config, params: Any, seq: ParitySequences) -> dict[str, dict
         value = critic.apply({"params": p["critic"]}, embed)[..., 0]
         return {"logits": logits, "value": value, **state_arrays(state)}
 
-    out = {"recurrent": policy(step_core.set_recurrent_mode(True), seq.obs, seq.init_state,
-                               seq.is_init)}
+    out = {
+        "recurrent": policy(
+            step_core.set_recurrent_mode(True), seq.obs, seq.init_state, seq.is_init
+        )
+    }
     policy_step = jax.jit(functools.partial(policy, step_core))
     state, steps = seq.init_state, []
     for t in range(seq.obs.shape[1]):
@@ -812,8 +938,9 @@ def torch_policy(module_cls: type, config: Config, params: Any, obs_dim: int):
     from tensordict.nn import TensorDictModule, TensorDictSequential
 
     p = params["params"]
-    core = module_cls(input_size=obs_dim, hidden_size=config.hidden_size,
-                      in_key="observation", out_key="embed")
+    core = module_cls(
+        input_size=obs_dim, hidden_size=config.hidden_size, in_key="observation", out_key="embed"
+    )
     state_dict = jaxlstm.params_to_torch_state_dict(p[config.cell], prefix=f"{config.cell}.")
     core.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()})
 
@@ -848,13 +975,17 @@ def run_torch(policy: Any, seq: ParitySequences) -> dict[str, dict[str, np.ndarr
     keys = torch_state_keys(seq.init_state)
     obs = torch.from_numpy(seq.obs)
     is_init = torch.from_numpy(seq.is_init)[..., None]
-    init = {name: torch.from_numpy(np.asarray(a)) for name, a in
-            state_arrays(seq.init_state).items()}
+    init = {
+        name: torch.from_numpy(np.asarray(a)) for name, a in state_arrays(seq.init_state).items()
+    }
     batch, steps = seq.is_init.shape
 
     def outputs(td: TensorDict) -> dict[str, np.ndarray]:
-        return {"logits": td["logits"].numpy(), "value": td["state_value"][..., 0].numpy(),
-                **{name: td["next", key].numpy() for name, key in keys.items()}}
+        return {
+            "logits": td["logits"].numpy(),
+            "value": td["state_value"][..., 0].numpy(),
+            **{name: td["next", key].numpy() for name, key in keys.items()},
+        }
 
     out = {}
     with torch.no_grad():
@@ -863,8 +994,9 @@ def run_torch(policy: Any, seq: ParitySequences) -> dict[str, dict[str, np.ndarr
         for name, a in init.items():
             state_in[keys[name]] = torch.zeros((batch, steps) + tuple(a.shape[1:]))
             state_in[keys[name]][:, 0] = a
-        td = TensorDict({"observation": obs, "is_init": is_init, **state_in},
-                        batch_size=[batch, steps])
+        td = TensorDict(
+            {"observation": obs, "is_init": is_init, **state_in}, batch_size=[batch, steps]
+        )
         with set_recurrent_mode(True):
             td = policy(td)
         out["recurrent"] = outputs(td)
@@ -874,8 +1006,9 @@ def run_torch(policy: Any, seq: ParitySequences) -> dict[str, dict[str, np.ndarr
         state = {keys[name]: a for name, a in init.items()}
         tds = []
         for t in range(steps):
-            td = TensorDict({"observation": obs[:, t], "is_init": is_init[:, t], **state},
-                            batch_size=[batch])
+            td = TensorDict(
+                {"observation": obs[:, t], "is_init": is_init[:, t], **state}, batch_size=[batch]
+            )
             td = policy(td)
             state = {key: td["next", key] for key in keys.values()}
             tds.append(td)
@@ -890,8 +1023,10 @@ def parity_modules(cell: str) -> dict[str, type]:
     import bridge
 
     module = {"lstm": "LSTMModule", "gru": "GRUModule"}[cell]
-    return {f"bridge.{module}": getattr(bridge, module),
-            f"torchrl.modules.{module}": getattr(torchrl.modules, module)}
+    return {
+        f"bridge.{module}": getattr(bridge, module),
+        f"torchrl.modules.{module}": getattr(torchrl.modules, module),
+    }
 
 
 def check_parity(config: Config, params: Any, rollouts: Rollouts) -> float:
@@ -920,11 +1055,14 @@ def check_parity(config: Config, params: Any, rollouts: Rollouts) -> float:
     state_names = list(state_arrays(seq.init_state))
     batch, steps = seq.is_init.shape
     print()
-    print(f"Parity on {batch} evaluation rows x {steps} steps "
-          f"({int(seq.is_init.sum())} resets inside the rows, non-zero initial states); "
-          "greatest |difference| from JAX recurrent mode:")
+    print(
+        f"Parity on {batch} evaluation rows x {steps} steps "
+        f"({int(seq.is_init.sum())} resets inside the rows, non-zero initial states); "
+        "greatest |difference| from JAX recurrent mode:"
+    )
     header = f"{'implementation':<22}" + "".join(
-        f"{key:>11}" for key in ("logits", "value", *state_names))
+        f"{key:>11}" for key in ("logits", "value", *state_names)
+    )
     print(header)
     print("-" * len(header))
     worst = 0.0
@@ -937,14 +1075,17 @@ def check_parity(config: Config, params: Any, rollouts: Rollouts) -> float:
             diffs.append(float(np.max(np.abs(a - b))))
         worst = max(worst, *diffs)
         print(f"{name + ' ' + mode:<22}" + "".join(f"{d:>11.2e}" for d in diffs))
-    print(f"(recurrent mode: {' and '.join(state_names)} at each trajectory's last step, the "
-          "only steps where torchrl's recurrent mode fills them)")
+    print(
+        f"(recurrent mode: {' and '.join(state_names)} at each trajectory's last step, the "
+        "only steps where torchrl's recurrent mode fills them)"
+    )
     if not worst <= PARITY_ATOL:
-        raise AssertionError(
-            f"PARITY FAILED: greatest difference {worst:.3e} > {PARITY_ATOL:.0e}.")
-    print(f"PARITY OK: JAX, {' and '.join(modules)} agree within "
-          f"{PARITY_ATOL:.0e} (greatest difference {worst:.2e}) in actions (logits), values "
-          "and hidden states, in recurrent mode and step by step.")
+        raise AssertionError(f"PARITY FAILED: greatest difference {worst:.3e} > {PARITY_ATOL:.0e}.")
+    print(
+        f"PARITY OK: JAX, {' and '.join(modules)} agree within "
+        f"{PARITY_ATOL:.0e} (greatest difference {worst:.2e}) in actions (logits), values "
+        "and hidden states, in recurrent mode and step by step."
+    )
     return worst
 
 
@@ -957,51 +1098,105 @@ def parse_config(argv: Sequence[str] | None) -> tuple[Config, argparse.Namespace
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         epilog="Scale options work together: e.g. --devices 4 --seeds 16 --checkpoint-dir ckpt "
-               "trains 16 agents in one program, each agent's 64 envs split over 4 devices.")
-    parser.add_argument("--total-steps", type=int, default=None,
-                        help=f"env steps per agent (default {Config.total_steps:,})")
-    parser.add_argument("--memory-length", type=int, default=None,
-                        help=f"MemoryChain memory_length (default {Config.memory_length})")
-    parser.add_argument("--num-envs", type=int, default=None,
-                        help=f"environments per agent (default {Config.num_envs}); a multiple "
-                             "of 4 x --devices")
+        "trains 16 agents in one program, each agent's 64 envs split over 4 devices.",
+    )
+    parser.add_argument(
+        "--total-steps",
+        type=int,
+        default=None,
+        help=f"env steps per agent (default {Config.total_steps:,})",
+    )
+    parser.add_argument(
+        "--memory-length",
+        type=int,
+        default=None,
+        help=f"MemoryChain memory_length (default {Config.memory_length})",
+    )
+    parser.add_argument(
+        "--num-envs",
+        type=int,
+        default=None,
+        help=f"environments per agent (default {Config.num_envs}); a multiple of 4 x --devices",
+    )
     parser.add_argument("--seed", type=int, default=0, help="the first seed (default 0)")
-    parser.add_argument("--cell", choices=sorted(CELLS), default=Config.cell,
-                        help="the recurrent torso: jaxlstm.LSTM or jaxlstm.GRU, exported to "
-                             "bridge/torchrl LSTMModule or GRUModule (default lstm)")
-    parser.add_argument("--quick", action="store_true",
-                        help="small settings for CI: memory_length=5 and 8,000 env steps; every "
-                             "stage runs in seconds. This easier task is often solved, but it "
-                             "is not the main job's (memory_length=30)")
+    parser.add_argument(
+        "--cell",
+        choices=sorted(CELLS),
+        default=Config.cell,
+        help="the recurrent torso: jaxlstm.LSTM or jaxlstm.GRU, exported to "
+        "bridge/torchrl LSTMModule or GRUModule (default lstm)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small settings for CI: memory_length=5 and 8,000 env steps; every "
+        "stage runs in seconds. This easier task is often solved, but it "
+        "is not the main job's (memory_length=30)",
+    )
     scale = parser.add_argument_group("scale")
-    scale.add_argument("--devices", type=int, default=None,
-                       help="data-parallel over the first N local devices (1-D mesh; the env "
-                            "batch is sharded, parameters replicated). Default: all of them")
-    scale.add_argument("--seeds", type=int, default=1,
-                       help="K independent agents in one compiled program (vmap over seeds "
-                            "--seed ... --seed+K-1). Default 1")
-    scale.add_argument("--checkpoint-dir", default=None,
-                       help="write Orbax checkpoints of the full training state here "
-                            "(one subdirectory per agent; the newest 3 are kept)")
-    scale.add_argument("--checkpoint-every", type=int, default=None,
-                       help="checkpoint every U updates (default: every progress-bar tick)")
-    scale.add_argument("--resume", action="store_true",
-                       help="continue from the newest complete checkpoint in --checkpoint-dir")
-    scale.add_argument("--stop-after", type=int, default=None,
-                       help="stop cleanly after U updates in total (checkpointed when "
-                            "--checkpoint-dir is set), to simulate an interruption")
-    scale.add_argument("--distributed", action="store_true",
-                       help="call jax.distributed.initialize() even without a coordinator "
-                            "in the environment (e.g. on a Cloud TPU slice)")
+    scale.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="data-parallel over the first N local devices (1-D mesh; the env "
+        "batch is sharded, parameters replicated). Default: all of them",
+    )
+    scale.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="K independent agents in one compiled program (vmap over seeds "
+        "--seed ... --seed+K-1). Default 1",
+    )
+    scale.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="write Orbax checkpoints of the full training state here "
+        "(one subdirectory per agent; the newest 3 are kept)",
+    )
+    scale.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help="checkpoint every U updates (default: every progress-bar tick)",
+    )
+    scale.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest complete checkpoint in --checkpoint-dir",
+    )
+    scale.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="stop cleanly after U updates in total (checkpointed when "
+        "--checkpoint-dir is set), to simulate an interruption",
+    )
+    scale.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() even without a coordinator "
+        "in the environment (e.g. on a Cloud TPU slice)",
+    )
     out = parser.add_argument_group("output")
-    out.add_argument("--output-dir", default="outputs",
-                     help="where learning_curve.png and summary.json go (default outputs/)")
-    out.add_argument("--output", default=None,
-                     help="the learning-curve PNG's path (default OUTPUT_DIR/learning_curve.png)")
-    out.add_argument("--skip-baseline", action="store_true",
-                     help="train only the recurrent agent (no memoryless baseline)")
-    out.add_argument("--skip-parity", action="store_true",
-                     help="train and plot only (no torch export)")
+    out.add_argument(
+        "--output-dir",
+        default="outputs",
+        help="where learning_curve.png and summary.json go (default outputs/)",
+    )
+    out.add_argument(
+        "--output",
+        default=None,
+        help="the learning-curve PNG's path (default OUTPUT_DIR/learning_curve.png)",
+    )
+    out.add_argument(
+        "--skip-baseline",
+        action="store_true",
+        help="train only the recurrent agent (no memoryless baseline)",
+    )
+    out.add_argument(
+        "--skip-parity", action="store_true", help="train and plot only (no torch export)"
+    )
     args = parser.parse_args(argv)
     for name in ("seeds", "devices", "checkpoint_every", "stop_after"):
         value = getattr(args, name)
@@ -1013,11 +1208,18 @@ def parse_config(argv: Sequence[str] | None) -> tuple[Config, argparse.Namespace
         parser.error("--checkpoint-every needs --checkpoint-dir.")
     config = Config(seed=args.seed, cell=args.cell)
     if args.quick:
-        config = dataclasses.replace(config, memory_length=5, num_envs=16, total_steps=8_000,
-                                     num_chunks=4, eval_envs=16)
-    overrides = {k: v for k, v in (("total_steps", args.total_steps),
-                                   ("memory_length", args.memory_length),
-                                   ("num_envs", args.num_envs)) if v is not None}
+        config = dataclasses.replace(
+            config, memory_length=5, num_envs=16, total_steps=8_000, num_chunks=4, eval_envs=16
+        )
+    overrides = {
+        k: v
+        for k, v in (
+            ("total_steps", args.total_steps),
+            ("memory_length", args.memory_length),
+            ("num_envs", args.num_envs),
+        )
+        if v is not None
+    }
     return dataclasses.replace(config, **overrides), args
 
 
@@ -1025,26 +1227,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, args = parse_config(argv)
     maybe_initialize_distributed(args.distributed)
     mesh = make_mesh(args.devices)
-    opts = ScaleOptions(devices=mesh.size, seeds=args.seeds, checkpoint_dir=args.checkpoint_dir,
-                        checkpoint_every=args.checkpoint_every, resume=args.resume,
-                        stop_after=args.stop_after)
-    print(f"jax {jax.__version__} on {jax.default_backend()}, {mesh.size} device(s)"
-          f"{f' over {jax.process_count()} processes' if jax.process_count() > 1 else ''}; "
-          f"task {ENV_NAME} (memory_length={config.memory_length}), {config.total_steps:,} env "
-          f"steps per agent ({config.num_updates} updates), "
-          f"seed{'s' if args.seeds > 1 else ''} "
-          f"{config.seed}{f'-{config.seed + args.seeds - 1}' if args.seeds > 1 else ''}")
-    agents = ([(AGENT_NAMES[config.cell], True)]
-              + ([] if args.skip_baseline else [("memoryless", False)]))
+    opts = ScaleOptions(
+        devices=mesh.size,
+        seeds=args.seeds,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        stop_after=args.stop_after,
+    )
+    print(
+        f"jax {jax.__version__} on {jax.default_backend()}, {mesh.size} device(s)"
+        f"{f' over {jax.process_count()} processes' if jax.process_count() > 1 else ''}; "
+        f"task {ENV_NAME} (memory_length={config.memory_length}), {config.total_steps:,} env "
+        f"steps per agent ({config.num_updates} updates), "
+        f"seed{'s' if args.seeds > 1 else ''} "
+        f"{config.seed}{f'-{config.seed + args.seeds - 1}' if args.seeds > 1 else ''}"
+    )
+    agents = [(AGENT_NAMES[config.cell], True)] + (
+        [] if args.skip_baseline else [("memoryless", False)]
+    )
     results = []
     try:
         for name, recurrent in agents:
             result = train_agent(config, recurrent, name, mesh, opts)
             if result.stopped:
-                where = (f"; continue with --resume --checkpoint-dir {args.checkpoint_dir}"
-                         if args.checkpoint_dir else " (no --checkpoint-dir: nothing to resume)")
-                print(f"{name}: stopped after update {result.updates} of {config.num_updates} "
-                      f"as asked (--stop-after){where}.")
+                where = (
+                    f"; continue with --resume --checkpoint-dir {args.checkpoint_dir}"
+                    if args.checkpoint_dir
+                    else " (no --checkpoint-dir: nothing to resume)"
+                )
+                print(
+                    f"{name}: stopped after update {result.updates} of {config.num_updates} "
+                    f"as asked (--stop-after){where}."
+                )
                 return 0
             results.append(result)
     except NonFiniteError as err:
@@ -1056,8 +1271,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if jax.process_index() == 0:
         os.makedirs(args.output_dir, exist_ok=True)
         png = save_learning_curve(
-            config, results, args.output or os.path.join(args.output_dir, "learning_curve.png"),
-            ENV_NAME)
+            config,
+            results,
+            args.output or os.path.join(args.output_dir, "learning_curve.png"),
+            ENV_NAME,
+        )
         print(f"Learning curves saved to {os.path.abspath(png)}")
         summary_path = os.path.join(args.output_dir, "summary.json")
         with open(summary_path, "w") as f:

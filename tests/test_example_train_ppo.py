@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -34,8 +32,16 @@ def _load_example():
 
 ppo = _load_example()
 
-TINY = ppo.Config(memory_length=4, num_envs=8, num_minibatches=2, total_steps=2 * 8 * 10,
-                  num_chunks=1, eval_envs=8, hidden_size=8, head_size=8)
+TINY = ppo.Config(
+    memory_length=4,
+    num_envs=8,
+    num_minibatches=2,
+    total_steps=2 * 8 * 10,
+    num_chunks=1,
+    eval_envs=8,
+    hidden_size=8,
+    head_size=8,
+)
 
 
 def _episode(sign: int, memory_length: int, action: int):
@@ -55,7 +61,8 @@ def _episode(sign: int, memory_length: int, action: int):
     for t in range(config.episode_length):
         seen.append(np.asarray(obs))
         obs, state, reward, terminated, truncated, _ = env.step(
-            jax.random.key(1000 + t), state, action, params)
+            jax.random.key(1000 + t), state, action, params
+        )
         rewards.append(float(reward))
         dones.append(bool(terminated | truncated))
     return np.stack(seen), np.array(rewards), np.array(dones)
@@ -85,8 +92,14 @@ def test_gae_matches_a_python_loop():
     reward = rng.normal(size=(steps, n)).astype(np.float32)
     done = rng.random((steps, n)) < 0.3
     last_value = rng.normal(size=(n,)).astype(np.float32)
-    adv, target = ppo.gae(jnp.asarray(value), jnp.asarray(reward), jnp.asarray(done),
-                          jnp.asarray(last_value), gamma, lam)
+    adv, target = ppo.gae(
+        jnp.asarray(value),
+        jnp.asarray(reward),
+        jnp.asarray(done),
+        jnp.asarray(last_value),
+        gamma,
+        lam,
+    )
     expected = np.zeros((steps, n), np.float32)
     running = np.zeros(n, np.float32)
     for t in reversed(range(steps)):
@@ -104,8 +117,7 @@ def test_jitted_update_runs_and_learns_something(cell, recurrent):
     trainer = ppo.make_train(config, recurrent)
     runner = jax.jit(trainer.init)(jax.random.key(0))
     before = runner.train_state.params
-    runner, metrics = jax.jit(trainer.train_chunk, static_argnums=1)(runner,
-                                                                     TINY.updates_per_chunk)
+    runner, metrics = jax.jit(trainer.train_chunk, static_argnums=1)(runner, TINY.updates_per_chunk)
     assert metrics.value_loss.shape == (TINY.updates_per_chunk,)
     for name, value in metrics._asdict().items():
         assert np.all(np.isfinite(np.asarray(value))), name
@@ -141,8 +153,8 @@ def test_forget_bias_shifts_the_keep_gate(cell, gates):
     h = config.hidden_size
     diff = np.asarray(shifted["bias_hh_l0"] - base["bias_hh_l0"])
     assert diff.shape == (gates * h,)
-    np.testing.assert_allclose(diff[h:2 * h], 1.5, rtol=1e-6)
-    np.testing.assert_array_equal(np.delete(diff, np.s_[h:2 * h]), 0.0)
+    np.testing.assert_allclose(diff[h : 2 * h], 1.5, rtol=1e-6)
+    np.testing.assert_array_equal(np.delete(diff, np.s_[h : 2 * h]), 0.0)
 
 
 @pytest.fixture(scope="module", params=["lstm", "gru"])
@@ -190,12 +202,15 @@ def test_torch_export_matches_jax_and_catches_a_wrong_weight(untrained_agent):
     assert np.max(np.abs(out["step"]["h"] - ref["step"]["h"])) > ppo.PARITY_ATOL
 
 
-@pytest.mark.parametrize(("curve", "expected"), [
-    ([0.0, 0.5, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95], 70),
-    # Touches the threshold, then collapses: "first >= threshold" would say 30.
-    ([0.0, 0.5, 0.95, 0.95, 0.95, 0.95, 0.95, 0.2, 0.1, 0.0], None),
-    ([0.0] * 10, None),
-])
+@pytest.mark.parametrize(
+    ("curve", "expected"),
+    [
+        ([0.0, 0.5, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95], 70),
+        # Touches the threshold, then collapses: "first >= threshold" would say 30.
+        ([0.0, 0.5, 0.95, 0.95, 0.95, 0.95, 0.95, 0.2, 0.1, 0.0], None),
+        ([0.0] * 10, None),
+    ],
+)
 def test_steps_to_threshold_requires_the_curve_to_stay_above(curve, expected):
     steps = np.arange(1, 11) * 10
     assert ppo.HOLD_WINDOW == 5
@@ -205,17 +220,22 @@ def test_steps_to_threshold_requires_the_curve_to_stay_above(curve, expected):
     assert got == expected
 
 
-def test_script_quick_run(tmp_path):
+def test_script_quick_run(tmp_path, run_python):
     pytest.importorskip("torchrl")
     pytest.importorskip("matplotlib")
     png = tmp_path / "curve.png"
-    env = dict(os.environ, JAX_NUMPY_RANK_PROMOTION="raise")
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--seed", "1", "--output", str(png),
-         "--output-dir", str(tmp_path / "out")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    proc = run_python(
+        SCRIPT,
+        "--quick",
+        "--seed",
+        "1",
+        "--output",
+        png,
+        "--output-dir",
+        tmp_path / "out",
+        env={"JAX_NUMPY_RANK_PROMOTION": "raise"},
+        timeout=600,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert png.is_file() and png.stat().st_size > 1000
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["devices"] == 1 and [s["seed"] for s in summary["seeds"]] == [1]
@@ -227,20 +247,31 @@ def test_script_quick_run(tmp_path):
         assert any(line.startswith(row) for line in proc.stdout.splitlines()), proc.stdout
 
 
-def test_script_quick_run_gru(tmp_path):
+def test_script_quick_run_gru(tmp_path, run_python):
     pytest.importorskip("torchrl")
     pytest.importorskip("matplotlib")
-    env = dict(os.environ, JAX_NUMPY_RANK_PROMOTION="raise")
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--cell", "gru", "--skip-baseline",
-         "--output-dir", str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    proc = run_python(
+        SCRIPT,
+        "--quick",
+        "--cell",
+        "gru",
+        "--skip-baseline",
+        "--output-dir",
+        tmp_path,
+        env={"JAX_NUMPY_RANK_PROMOTION": "raise"},
+        timeout=600,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "GRU: compiling" in proc.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary) == {"cell", "devices", "updates", "env_steps", "wall_s",
-                            "env_steps_per_s", "seeds"}
+    assert set(summary) == {
+        "cell",
+        "devices",
+        "updates",
+        "env_steps",
+        "wall_s",
+        "env_steps_per_s",
+        "seeds",
+    }
     assert summary["cell"] == "gru" and summary["devices"] == 1
     config = ppo.Config(memory_length=5, num_envs=16, total_steps=8_000, num_chunks=4)
     assert summary["updates"] == config.num_updates
@@ -251,6 +282,7 @@ def test_script_quick_run_gru(tmp_path):
     assert seed["seed"] == 0 and -1.0 <= seed["greedy_return"] <= 1.0
     assert seed["params_l2"] > 0
     # The export went to the GRU modules, and they agree with JAX.
-    assert ("PARITY OK: JAX, bridge.GRUModule and torchrl.modules.GRUModule agree"
-            in proc.stdout), proc.stdout[-3000:]
+    assert "PARITY OK: JAX, bridge.GRUModule and torchrl.modules.GRUModule agree" in proc.stdout, (
+        proc.stdout[-3000:]
+    )
     assert (tmp_path / "learning_curve.png").is_file()

@@ -66,8 +66,15 @@ def _cmd(out: Path, *args: str) -> list[str]:
 
 
 def _run(out: Path, *args: str) -> tuple[dict, str]:
-    proc = subprocess.run(_cmd(out, *args), cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        _cmd(out, *args),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     summary_path = out / "summary.json"
@@ -86,17 +93,29 @@ def _steps(agent_dir: Path) -> list[int]:
 def reference(tmp_path_factory):
     """An uninterrupted run, checkpointing every 4 updates: ``(summary, checkpoint dir)``."""
     base = tmp_path_factory.mktemp("reference")
-    summary, log = _run(base / "out", "--checkpoint-dir", str(base / "ckpt"),
-                        "--checkpoint-every", "4")
+    summary, log = _run(
+        base / "out", "--checkpoint-dir", str(base / "ckpt"), "--checkpoint-every", "4"
+    )
     assert summary["updates"] == UPDATES, log[-2000:]
     return summary, base / "ckpt"
 
 
 def test_summary_json_has_the_documented_fields(reference):
     summary, ckpt = reference
-    assert set(summary) == {"cell", "devices", "updates", "env_steps", "wall_s",
-                            "env_steps_per_s", "seeds"}
-    assert summary["cell"] == "lstm" and summary["devices"] == 1 and summary["env_steps"] == UPDATES * 16 * 12
+    assert set(summary) == {
+        "cell",
+        "devices",
+        "updates",
+        "env_steps",
+        "wall_s",
+        "env_steps_per_s",
+        "seeds",
+    }
+    assert (
+        summary["cell"] == "lstm"
+        and summary["devices"] == 1
+        and summary["env_steps"] == UPDATES * 16 * 12
+    )
     assert summary["wall_s"] > 0 and summary["env_steps_per_s"] > 0
     (seed,) = summary["seeds"]
     assert set(seed) == {"seed", "greedy_return", "steps_to_threshold", "params_l2"}
@@ -109,12 +128,20 @@ def test_summary_json_has_the_documented_fields(reference):
 def test_resume_is_bit_exact(reference, tmp_path):
     expected, _ = reference
     ckpt = tmp_path / "ckpt"
-    summary, log = _run(tmp_path / "out", "--checkpoint-dir", str(ckpt), "--checkpoint-every",
-                        "4", "--stop-after", "6")
+    summary, log = _run(
+        tmp_path / "out",
+        "--checkpoint-dir",
+        str(ckpt),
+        "--checkpoint-every",
+        "4",
+        "--stop-after",
+        "6",
+    )
     assert summary is None and "stopped after update 6 of 16" in log, log[-2000:]
     assert _steps(ckpt / "LSTM")[-1] == 6
-    summary, log = _run(tmp_path / "out", "--checkpoint-dir", str(ckpt), "--checkpoint-every",
-                        "4", "--resume")
+    summary, log = _run(
+        tmp_path / "out", "--checkpoint-dir", str(ckpt), "--checkpoint-every", "4", "--resume"
+    )
     assert "resumed from the checkpoint at update 6 of 16" in log, log[-2000:]
     # Bit for bit: the same RNG stream and the same data order.
     assert summary["seeds"][0]["params_l2"] == expected["seeds"][0]["params_l2"]
@@ -130,19 +157,31 @@ def test_sigkill_at_random_moments_and_mid_write(reference, tmp_path):
     rng = random.Random(10)
     newest_before_kill = 0
     for moment in ("random", "mid-write"):
-        proc = subprocess.Popen(_cmd(tmp_path / "out", *args), cwd=ROOT, env=_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            _cmd(tmp_path / "out", *args),
+            cwd=ROOT,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             # Wait until this process has written a checkpoint of its own.
             deadline = time.monotonic() + 300
-            while (max(_steps(agent_dir), default=0) <= newest_before_kill
-                   and proc.poll() is None and time.monotonic() < deadline):
+            while (
+                max(_steps(agent_dir), default=0) <= newest_before_kill
+                and proc.poll() is None
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.002)
             if moment == "random":
                 time.sleep(rng.uniform(0.0, 0.2))
             else:  # kill while Orbax is writing a checkpoint (its temporary directory exists)
-                while (not any("tmp" in p.name for p in agent_dir.iterdir())
-                       and proc.poll() is None and time.monotonic() < deadline):
+                while (
+                    not any("tmp" in p.name for p in agent_dir.iterdir())
+                    and proc.poll() is None
+                    and time.monotonic() < deadline
+                ):
                     pass
             newest_before_kill = max(_steps(agent_dir), default=0)
             proc.kill()
@@ -166,15 +205,18 @@ def test_corrupt_and_partial_checkpoints_fall_back(reference, tmp_path):
     shutil.copytree(reference_ckpt, ckpt)
     agent_dir = ckpt / "LSTM"
     # Newest (16): garbage bytes in its array data. Next (12): a missing item, as a partial copy.
-    data_files = sorted((p for p in (agent_dir / "16" / "state").rglob("*") if p.is_file()
-                         and "/d/" in str(p)), key=lambda p: p.stat().st_size)
+    data_files = sorted(
+        (p for p in (agent_dir / "16" / "state").rglob("*") if p.is_file() and "/d/" in str(p)),
+        key=lambda p: p.stat().st_size,
+    )
     blob = bytearray(data_files[-1].read_bytes())
     for i in range(len(blob) // 2, len(blob)):
         blob[i] ^= 0xFF
     data_files[-1].write_bytes(bytes(blob))
     shutil.rmtree(agent_dir / "12" / "meta")
-    summary, log = _run(tmp_path / "out", "--checkpoint-dir", str(ckpt), "--checkpoint-every",
-                        "4", "--resume")
+    summary, log = _run(
+        tmp_path / "out", "--checkpoint-dir", str(ckpt), "--checkpoint-every", "4", "--resume"
+    )
     assert re.search(r"checkpoint \S+/16 is corrupt or partial", log), log[-3000:]
     assert re.search(r"checkpoint \S+/12 is corrupt or partial", log), log[-3000:]
     assert "resumed from the checkpoint at update 8 of 16" in log, log[-3000:]
@@ -183,12 +225,21 @@ def test_corrupt_and_partial_checkpoints_fall_back(reference, tmp_path):
     assert summary["seeds"][0]["params_l2"] == expected["seeds"][0]["params_l2"]
 
 
-TINY = ppo.Config(memory_length=4, num_envs=8, num_minibatches=2, total_steps=80 * 10,
-                  num_chunks=1, eval_envs=8, hidden_size=8, head_size=8)
+TINY = ppo.Config(
+    memory_length=4,
+    num_envs=8,
+    num_minibatches=2,
+    total_steps=80 * 10,
+    num_chunks=1,
+    eval_envs=8,
+    hidden_size=8,
+    head_size=8,
+)
 
 
 def test_nan_stops_the_run_naming_the_update_and_keeps_the_last_good_checkpoint(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     import optax
 
     # Poison the optimizer: NaN updates at the first gradient step of update 6.
@@ -220,9 +271,11 @@ def test_nan_stops_the_run_naming_the_update_and_keeps_the_last_good_checkpoint(
     trainer = ppo.make_train(TINY, True, ppo.make_mesh(1))
     template = jax.eval_shape(jax.vmap(trainer.init), jax.random.split(jax.random.key(0), 1))
     checkpoints = ppo.Checkpoints(
-        str(tmp_path / "LSTM"), {"agent": "LSTM", "config": dataclasses.asdict(TINY),
-                                 "seeds": [0]},
-        template, ppo.runner_shardings(ppo.make_mesh(1), template))
+        str(tmp_path / "LSTM"),
+        {"agent": "LSTM", "config": dataclasses.asdict(TINY), "seeds": [0]},
+        template,
+        ppo.runner_shardings(ppo.make_mesh(1), template),
+    )
     runner, curves, update = checkpoints.restore((1, TINY.num_updates))
     assert update == 4 and np.isfinite(curves[:, :4]).all()
     assert all(np.isfinite(a).all() for a in jax.tree.leaves(runner.train_state.params))
@@ -260,12 +313,17 @@ DEVICES_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_two_devices_equal_one_and_split_the_batch():
-    proc = subprocess.run(
-        [sys.executable, "-c", DEVICES_SCRIPT, str(SCRIPT)], cwd=ROOT, capture_output=True,
-        text=True, timeout=600, check=False,
-        env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+def test_two_devices_equal_one_and_split_the_batch(run_python):
+    proc = run_python(
+        "-c",
+        DEVICES_SCRIPT,
+        SCRIPT,
+        timeout=600,
+        env={
+            "JAX_NUMPY_RANK_PROMOTION": "raise",
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        },
+    )
     out = json.loads(proc.stdout.split("RESULT", 1)[1])
     assert out["updates1"] == out["updates2"] == 3
     # Same global batch, same updates: equal up to float reduction order.
@@ -290,15 +348,19 @@ def test_cli_exits_3_with_the_message_on_nan(tmp_path, monkeypatch, capsys):
     code = ppo.main(["--quick", "--skip-parity", "--output-dir", str(tmp_path)])
     assert code == 3
     assert "ERROR: LSTM: NaN or Inf in the loss or the parameters at update 7" in (
-        capsys.readouterr().err)
+        capsys.readouterr().err
+    )
     assert not (tmp_path / "summary.json").exists()
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--resume"], "--resume needs --checkpoint-dir"),
-    (["--checkpoint-every", "5"], "--checkpoint-every needs --checkpoint-dir"),
-    (["--seeds", "0"], "--seeds must be >= 1. Got 0."),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--resume"], "--resume needs --checkpoint-dir"),
+        (["--checkpoint-every", "5"], "--checkpoint-every needs --checkpoint-dir"),
+        (["--seeds", "0"], "--seeds must be >= 1. Got 0."),
+    ],
+)
 def test_cli_rejects_inconsistent_options(args, message, capsys):
     with pytest.raises(SystemExit):
         ppo.parse_config(args)
@@ -306,8 +368,11 @@ def test_cli_rejects_inconsistent_options(args, message, capsys):
 
 
 def test_devices_must_divide_the_minibatches():
-    with pytest.raises(ValueError, match=r"num_envs must be a multiple of num_minibatches \* "
-                                         r"devices = 2 \* 1 .*Got num_envs=7"):
+    with pytest.raises(
+        ValueError,
+        match=r"num_envs must be a multiple of num_minibatches \* "
+        r"devices = 2 \* 1 .*Got num_envs=7",
+    ):
         ppo.make_train(dataclasses.replace(TINY, num_envs=7), True, ppo.make_mesh(1))
     n = len(jax.local_devices())
     with pytest.raises(ValueError, match=rf"--devices must be between 1 and {n} .*Got {n + 1}"):
