@@ -175,14 +175,7 @@ class _Recurrent(nn.Module):
         input_size = int(np.shape(w_ih)[-1])
         if np.shape(x)[-1] != input_size:
             check_input(x, input_size, recurrent=self.recurrent_mode)  # raises, naming both
-        expected = param_shapes(
-            input_size,
-            self.hidden_size,
-            self.num_layers,
-            self.use_bias,
-            cell=self._the_cell(),
-            bidirectional=bool(self.bidirectional),
-        )
+        expected = self._param_shapes(input_size)
         if set(stored) != set(expected):
             raise ValueError(
                 f"params: the module (num_layers={self.num_layers}, use_bias={self.use_bias}) "
@@ -196,9 +189,9 @@ class _Recurrent(nn.Module):
                     f"{self.hidden_size}) expects shape {shape}. Got {got}."
                 )
 
-    def _declare_params(self, input_size: int) -> dict[str, jax.Array]:
-        init = _torch_uniform(1.0 / math.sqrt(self.hidden_size))
-        shapes = param_shapes(
+    def _param_shapes(self, input_size: int) -> dict[str, tuple[int, ...]]:
+        """torch's name -> shape of every parameter this module's fields call for."""
+        return param_shapes(
             input_size,
             self.hidden_size,
             self.num_layers,
@@ -206,6 +199,10 @@ class _Recurrent(nn.Module):
             cell=self._the_cell(),
             bidirectional=bool(self.bidirectional),
         )
+
+    def _declare_params(self, input_size: int) -> dict[str, jax.Array]:
+        init = _torch_uniform(1.0 / math.sqrt(self.hidden_size))
+        shapes = self._param_shapes(input_size)
         return {
             name: self.param(name, init, shape, self.param_dtype) for name, shape in shapes.items()
         }
