@@ -334,6 +334,7 @@ class _ReadWriteLock:
         self._cond = threading.Condition()
         self._readers = 0
         self._writing = False
+        self.reads_done = 0  # completed reads, so a writer can wait for readers to get a turn
 
     def read(self):
         lock = self
@@ -347,6 +348,7 @@ class _ReadWriteLock:
             def __exit__(self, *exc):
                 with lock._cond:
                     lock._readers -= 1
+                    lock.reads_done += 1
                     lock._cond.notify_all()
 
         return _Read()
@@ -396,6 +398,11 @@ def run_stress(threads, calls_per_thread, versions=5):
                 for p, w in zip(ours.parameters(), weights[k]):
                     p.data.copy_(w)  # untracked, as a weight-sync would write
                 current[0] = k
+                seen = lock.reads_done
+            # Let at least one call run on this version before the next update: a
+            # writer that re-takes the lock at once can starve the readers forever.
+            with lock._cond:
+                lock._cond.wait_for(lambda: stop.is_set() or lock.reads_done > seen, timeout=0.5)
 
     def caller():
         for _ in range(calls_per_thread):
